@@ -1,0 +1,26 @@
+from setuptools import setup
+
+setup(
+    name="talos-images",
+    use_incremental=True,
+    setup_requires=["incremental>=24.7"],
+    description="Twisted daemon serving raw Talos Linux disk images from the Talos Image Factory",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=["talos_twisted", "talos_twisted.testing", "twisted.plugins"],
+    install_requires=[
+        "incremental>=24.7",
+        "twisted>=24.7",
+        "treq>=24.9",
+        "klein>=24.8",
+        "pyyaml>=6",
+        "zstandard>=0.22",
+        "attrs>=23",
+        "prometheus-client>=0.20",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "pytest-timeout>=2.3"],
+    },
+    include_package_data=True,
+)

@@ -1,0 +1,1 @@
+"""Test helpers shipped with talos-images: a fake Talos Image Factory."""
