@@ -3,7 +3,6 @@ from setuptools import setup
 setup(
     name="talos-images",
     use_incremental=True,
-    setup_requires=["incremental>=24.7"],
     description="Twisted daemon serving raw Talos Linux disk images from the Talos Image Factory",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",

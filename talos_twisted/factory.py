@@ -1,0 +1,268 @@
+"""The treq client of the Talos Image Factory API.
+
+Metadata (versions, catalogs) is memoised for a TTL, fetched once however many requests
+ask at the same time, persisted, and served stale when the factory fails. Image downloads
+are opened unbuffered so that the caller can pace the body.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as TxTimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.web.iweb import IResponse
+
+from talos_twisted.catalog import Catalog
+from talos_twisted.metastore import MetadataStore
+from talos_twisted.schematic import Schematic
+
+
+class UpstreamError(Exception):
+    """A factory call that failed, with the status our client gets for it."""
+
+    def __init__(self, status: int, message: str, retry_after: int | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        # exponential backoff with full jitter, so retrying daemons do not synchronise
+        return rng.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
+
+
+def _first_line(body: bytes) -> str:
+    text = body.decode("utf-8", "replace").strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def classify(failure_value: BaseException, what: str, timeout: float | None = None) -> UpstreamError:
+    """Map a transport-level failure of an upstream call to the error our client sees."""
+    if isinstance(failure_value, UpstreamError):
+        return failure_value
+    if isinstance(failure_value, (CancelledError, TxTimeoutError)):
+        t = f" within {timeout:g}s" if timeout else ""
+        return UpstreamError(504, f"the image factory did not answer {what}{t}", retryable=True)
+    if isinstance(failure_value, (ConnectError, DNSLookupError)):
+        return UpstreamError(503, f"the image factory is unreachable ({what})", retry_after=30, retryable=True)
+    if isinstance(failure_value, (ResponseFailed, ResponseNeverReceived)):
+        return UpstreamError(502, f"the image factory broke off the connection ({what})", retryable=True)
+    return UpstreamError(502, f"the image factory call failed ({what}: {type(failure_value).__name__})", retryable=True)
+
+
+def status_error(code: int, body: bytes, what: str) -> UpstreamError:
+    detail = _first_line(body)
+    msg = f"the image factory answered {code} to {what}" + (f": {detail}" if detail else "")
+    if code == 404:
+        return UpstreamError(404, msg)
+    if code in (429, 503):
+        return UpstreamError(503, msg, retry_after=30, retryable=True)
+    return UpstreamError(502, msg, retryable=code >= 500)
+
+
+class FactoryClient:
+    log = Logger()
+
+    def __init__(
+        self,
+        http: Any,  # treq.HTTPClient (or StubTreq) — injected
+        base_url: str,
+        clock: IReactorTime,
+        store: MetadataStore | None = None,
+        metadata_ttl: float = 900.0,
+        metadata_timeout: float = 30.0,
+        build_timeout: float = 1260.0,
+        retry: RetryPolicy = RetryPolicy(),
+        rng: random.Random | None = None,
+    ):
+        self._http = http
+        self.base_url = base_url.rstrip("/")
+        self._clock = clock
+        self._store = store
+        self._ttl = metadata_ttl
+        self._timeout = metadata_timeout
+        self._build_timeout = build_timeout
+        self._retry = retry
+        self._rng = rng or random.Random()
+        self._memo: dict[str, tuple[float, Any]] = {}
+        self._inflight: dict[str, list[Deferred]] = {}
+        self._schematics: set[str] = set()
+
+    # --- retries ---------------------------------------------------------------------
+
+    def _sleep(self, seconds: float) -> Deferred:
+        d: Deferred = Deferred()
+        self._clock.callLater(seconds, d.callback, None)
+        return d
+
+    async def _with_retries(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        for attempt in range(self._retry.attempts):
+            try:
+                return await call()
+            except Exception as e:
+                err = classify(e, what, self._timeout)
+                if not err.retryable or attempt + 1 >= self._retry.attempts:
+                    raise err from None
+                delay = self._retry.delay(attempt, self._rng)
+                self.log.info(
+                    "retrying {what} in {delay:.2f}s after: {error}", what=what, delay=delay, error=err.message
+                )
+                await self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _get_json(self, path: str) -> Any:
+        what = f"GET {path}"
+
+        async def once() -> Any:
+            resp = await self._http.get(self.base_url + path, timeout=self._timeout, reactor=self._clock)
+            body = await resp.content()
+            if resp.code != 200:
+                raise status_error(resp.code, body, what)
+            try:
+                return json.loads(body)
+            except ValueError:
+                raise UpstreamError(502, f"the image factory answered {what} with invalid JSON") from None
+
+        return await self._with_retries(what, once)
+
+    # --- memoised metadata -----------------------------------------------------------
+
+    def _single_flight(self, name: str, fetch: Callable[[], Awaitable[Any]]) -> Deferred:
+        waiters = self._inflight.get(name)
+        if waiters is None:
+            waiters = self._inflight[name] = []
+
+            def deliver(result: Any) -> None:
+                del self._inflight[name]
+                for waiter in waiters:
+                    if not waiter.called:
+                        waiter.callback(result)
+
+            Deferred.fromCoroutine(fetch()).addBoth(deliver)
+        # each caller gets its own Deferred: cancelling one (client gone) must not cancel the fetch
+        mine: Deferred = Deferred()
+        waiters.append(mine)
+        return mine
+
+    async def _cached(self, name: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
+        now = self._clock.seconds()
+        hit = self._memo.get(name)
+        if hit is not None and now < hit[0]:
+            return hit[1]
+        try:
+            value = await self._single_flight(name, fetch)
+        except UpstreamError as e:
+            if e.status == 404:
+                raise
+            stale = hit[1] if hit is not None else (self._store.load(name) if self._store else None)
+            if stale is None:
+                raise
+            self.log.warn("using the last known {name}: {error}", name=name, error=e.message)
+            # try the factory again soon, not on every request
+            self._memo[name] = (now + min(self._ttl, 30.0), stale)
+            return stale
+        self._memo[name] = (now + self._ttl, value)
+        if self._store is not None and (hit is None or hit[1] != value):
+            self._store.save(name, value)
+        return value
+
+    def known(self, name: str) -> Any | None:
+        """The last answer for `name` without any upstream call (memo, then disk)."""
+        hit = self._memo.get(name)
+        if hit is not None:
+            return hit[1]
+        return self._store.load(name) if self._store else None
+
+    async def versions(self) -> list[str]:
+        async def fetch() -> list[str]:
+            value = await self._get_json("/versions")
+            if not isinstance(value, list):
+                raise UpstreamError(502, "the image factory answered GET /versions with something else than a list")
+            return [v for v in value if isinstance(v, str)]
+
+        return await self._cached("versions", fetch)
+
+    async def catalog(self, version: str) -> Catalog:
+        async def fetch() -> dict[str, Any]:
+            exts = await self._get_json(f"/version/{version}/extensions/official")
+            ovs = await self._get_json(f"/version/{version}/overlays/official")
+            if not isinstance(exts, list) or not isinstance(ovs, list):
+                raise UpstreamError(502, f"the image factory answered a catalog of {version} with something else than a list")
+            return {"extensions": exts, "overlays": ovs}
+
+        doc = await self._cached(f"catalog-{version}", fetch)
+        return Catalog.from_factory(version, doc["extensions"], doc["overlays"])
+
+    # --- schematics and images ---------------------------------------------------------
+
+    async def ensure_schematic(self, schematic: Schematic) -> str:
+        """POST the schematic once per process; returns the factory's ID."""
+        local = schematic.id
+        if local in self._schematics:
+            return local
+        text = schematic.to_yaml()
+        what = "POST /schematics"
+
+        async def once() -> str:
+            resp = await self._http.post(
+                self.base_url + "/schematics",
+                data=text.encode("utf-8"),
+                headers={"Content-Type": "application/yaml"},
+                timeout=self._timeout,
+                reactor=self._clock,
+            )
+            body = await resp.content()
+            if resp.code not in (200, 201):
+                raise status_error(resp.code, body, what)
+            try:
+                remote = json.loads(body)["id"]
+            except (ValueError, KeyError, TypeError):
+                raise UpstreamError(502, f"the image factory answered {what} without a schematic id") from None
+            if not isinstance(remote, str):
+                raise UpstreamError(502, f"the image factory answered {what} with a malformed schematic id")
+            return remote
+
+        remote = await self._with_retries(what, once)
+        if remote != local:
+            self.log.warn(
+                "schematic ID mismatch: computed {local}, factory says {remote}; using the factory's",
+                local=local,
+                remote=remote,
+            )
+        self._schematics.add(remote)
+        return remote
+
+    async def open_image(self, path: str) -> IResponse:
+        """GET an image, redirects followed, body unbuffered; 200 or UpstreamError."""
+        what = f"GET {path}"
+
+        async def once() -> IResponse:
+            resp = await self._http.get(
+                self.base_url + path, unbuffered=True, timeout=self._build_timeout, reactor=self._clock
+            )
+            if resp.code != 200:
+                body = await resp.content()
+                raise status_error(resp.code, body, what)
+            return resp
+
+        try:
+            return await self._with_retries(what, once)
+        except UpstreamError as e:
+            if e.status == 504:
+                e.message = f"the image factory did not start sending {path} within {self._build_timeout:g}s"
+            raise

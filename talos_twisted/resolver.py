@@ -1,0 +1,41 @@
+"""Turn a parsed image request into a concrete image: version, full names, schematic."""
+
+from __future__ import annotations
+
+from talos_twisted.catalog import UnknownName
+from talos_twisted.factory import FactoryClient, UpstreamError
+from talos_twisted.request import ImageRequest, NotFound, ResolvedImage
+from talos_twisted.schematic import Overlay, Schematic
+from talos_twisted.versions import newest_stable, parse_version_list
+
+
+class ImageResolver:
+    def __init__(self, factory: FactoryClient, default_extensions: tuple[str, ...] = ()):
+        self._factory = factory
+        self._defaults = default_extensions
+
+    async def resolve_version(self, spec: str) -> str:
+        versions = parse_version_list(await self._factory.versions())
+        if spec == "latest":
+            newest = newest_stable(versions)
+            if newest is None:
+                raise UpstreamError(502, "the image factory lists no stable Talos version")
+            return str(newest)
+        if spec not in {str(v) for v in versions}:
+            raise NotFound(f"Talos version {spec} is not available from the image factory")
+        return spec
+
+    async def resolve(self, req: ImageRequest) -> ResolvedImage:
+        version = await self.resolve_version(req.version)
+        catalog = await self._factory.catalog(version)
+        try:
+            names = {catalog.resolve_extension(n) for n in self._defaults + req.extensions}
+            overlay = catalog.resolve_overlay(req.overlay) if req.overlay else None
+        except UnknownName as e:
+            raise NotFound(str(e)) from None
+        # sorted, as the factory's UI does: the order of ?extensions= must not make a new image
+        schematic = Schematic(
+            extensions=tuple(sorted(names)),
+            overlay=Overlay(overlay.name, overlay.image) if overlay else None,
+        )
+        return ResolvedImage(version, req.arch, req.platform, schematic, latest=req.version == "latest")

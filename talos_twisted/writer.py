@@ -1,0 +1,92 @@
+"""Decompress, hash and write an image to a sparse file; runs in a worker thread.
+
+Synchronous and free of the reactor so it can be tested directly. All-zero blocks are
+skipped (left as holes): Talos disk images are mostly zeros, so disk use and write I/O
+follow the real data rather than the nominal size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Callable
+
+from talos_twisted.decompress import Decoder
+
+BLOCK = 64 * 1024
+_ZEROS = bytes(BLOCK)
+
+
+class ImageWriter:
+    def __init__(
+        self,
+        fd: int,
+        decoder: Decoder,
+        on_progress: Callable[[int], None] | None = None,
+        progress_every: int = 4 * 1024 * 1024,
+    ):
+        self._fd = fd
+        self._decoder = decoder
+        self._sha = hashlib.sha256()
+        self._on_progress = on_progress
+        self._every = progress_every
+        self._reported = 0
+        self._extent = 0  # length of the file as written so far (holes at the end not counted)
+        self.size = 0  # decompressed bytes accepted
+
+    def write(self, data: bytes) -> int:
+        """Feed compressed bytes; returns the decompressed size now readable from the file."""
+        for chunk in self._decoder.feed(data):
+            self._put(chunk)
+            if self._on_progress is not None and self.size - self._reported >= self._every:
+                self._report()
+        self._sync_length()
+        return self.size
+
+    def finish(self) -> tuple[int, str]:
+        """Check the stream's integrity and make the file durable; returns (size, sha256)."""
+        self._decoder.finish()
+        self._sync_length()
+        os.fsync(self._fd)
+        return self.size, self._sha.hexdigest()
+
+    def _report(self) -> None:
+        self._sync_length()
+        self._reported = self.size
+        assert self._on_progress is not None
+        self._on_progress(self.size)
+
+    def _put(self, chunk: bytes) -> None:
+        self._sha.update(chunk)
+        base = self.size
+        n = len(chunk)
+        run_start = -1  # start (in chunk) of a run of non-zero blocks waiting to be written
+        pos = 0
+        while pos < n:
+            # blocks aligned to the file offset, so holes are whole filesystem blocks
+            step = min(BLOCK - (base + pos) % BLOCK, n - pos)
+            zero = chunk[pos : pos + step] == _ZEROS[:step]
+            if zero and run_start >= 0:
+                self._pwrite(chunk, run_start, pos, base)
+                run_start = -1
+            elif not zero and run_start < 0:
+                run_start = pos
+            pos += step
+        if run_start >= 0:
+            self._pwrite(chunk, run_start, n, base)
+        self.size += n
+
+    def _pwrite(self, chunk: bytes, start: int, end: int, base: int) -> None:
+        view = memoryview(chunk)[start:end]
+        offset = base + start
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view = view[written:]
+            offset += written
+        self._extent = max(self._extent, offset)
+
+    def _sync_length(self) -> None:
+        # readers may read up to `size`; trailing zeros exist only once the file is that long
+        if self._extent < self.size:
+            os.ftruncate(self._fd, self.size)
+            self._extent = self.size

@@ -1,0 +1,152 @@
+"""One download, many clients: coalescing, read-while-writer, backpressure, faults."""
+
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import deferLater
+
+from talos_twisted.schematic import Schematic
+
+from .conftest import MiB, RawClient, dechunk, sha256
+
+EMPTY_ID = Schematic().id
+
+
+def raw_request(stack, path="/images/talos/v1.11.2/amd64/openstack.raw"):
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+
+
+async def connect(stack, client):
+    port = int(stack.url.rsplit(":", 1)[1])
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+    return client
+
+
+def committed_files(stack):
+    root = stack.tmp_path / "cache" / "images"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.stack(image_size=16 * MiB)
+@pytest_twisted.ensureDeferred
+async def test_twenty_concurrent_clients_one_download(stack):
+    stack.fake.rate_limit = 2 * MiB  # the download lasts long enough for all to join it
+    results = await gatherResults([Deferred.fromCoroutine(stack.get(stack.image_url())) for _ in range(20)])
+    expected = stack.expected(EMPTY_ID)
+    assert stack.fake.counts["image_get"] == 1
+    assert all(body == expected for _, body in results)
+    outcomes = sorted(r.headers.getRawHeaders("X-Talos-Cache")[0] for r, _ in results)
+    assert outcomes.count("MISS") == 1 and outcomes.count("JOIN") + outcomes.count("HIT") == 19
+
+
+@pytest.mark.stack(image_size=32 * MiB)
+@pytest_twisted.ensureDeferred
+async def test_clients_read_while_the_download_runs(stack):
+    stack.fake.rate_limit = 1 * MiB
+    client = await connect(stack, RawClient(raw_request(stack)))
+    await client.got_some
+    [download] = stack.app.downloads.active()
+    assert download.state == "streaming", "the first byte must not wait for the whole download"
+    await client.closed
+    head, body = client.split()
+    data, complete = dechunk(body)
+    assert complete and data == stack.expected(EMPTY_ID)
+
+
+@pytest.mark.stack(image_size=64 * MiB)
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_client_does_not_hold_back_a_fast_one(stack):
+    slow = await connect(stack, RawClient(raw_request(stack)))
+    await slow.got_some
+    slow.pause()  # stops reading: its socket fills and its producer is paused
+    [download] = stack.app.downloads.active()
+    resp, body = await stack.get(stack.image_url())
+    assert body == stack.expected(EMPTY_ID)
+    await download.completed(60)
+    assert download.state == "committed"
+    assert len(slow.data) < 48 * MiB, "the slow client must be held back by its own socket"
+    slow.resume()
+    await slow.closed
+    data, complete = dechunk(slow.split()[1])
+    assert complete and data == stack.expected(EMPTY_ID)
+
+
+@pytest.mark.stack(image_size=32 * MiB)
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_disconnects_does_not_stop_the_download(stack):
+    stack.fake.rate_limit = 4 * MiB
+    client = await connect(stack, RawClient(raw_request(stack)))
+    await client.got_some
+    [download] = stack.app.downloads.active()
+    client.transport.loseConnection()
+    await client.closed
+    assert await download.completed(60)
+    assert download.state == "committed"
+    resp, body = await stack.get(stack.image_url())
+    assert resp.headers.getRawHeaders("X-Talos-Cache") == ["HIT"] and body == stack.expected(EMPTY_ID)
+    assert stack.fake.counts["image_get"] == 1
+
+
+@pytest.mark.parametrize("fault", ["cut", "corrupt", "short"])
+@pytest.mark.stack(image_size=32 * MiB)
+@pytest_twisted.ensureDeferred
+async def test_a_failed_download_aborts_its_clients_and_keeps_nothing(stack, fault):
+    size = len(stack.fake.compressed_image(EMPTY_ID, "v1.11.2", "openstack", "amd64", "xz"))
+    stack.fake.rate_limit = 2 * MiB
+    if fault == "cut":
+        stack.fake.cut_next(size // 2)
+    elif fault == "short":
+        stack.fake.short_next(size // 2)
+    else:
+        stack.fake.corrupt_next()
+    clients = [await connect(stack, RawClient(raw_request(stack))) for _ in range(2)]
+    await DeferredList([c.closed for c in clients])
+    await stack.app.downloads.quiesce()
+    for c in clients:
+        head, body = c.split()
+        if head.startswith(b"HTTP/1.1 200"):
+            data, complete = dechunk(body)
+            assert not complete, "a failed transfer must not end with the final chunk"
+            assert not c.reason.check(ConnectionDone)
+        else:
+            # the failure was known before the first byte: a clear error instead
+            assert head.startswith(b"HTTP/1.1 502"), head
+    assert committed_files(stack) == []
+    # the next request downloads afresh and gets the exact image
+    resp, body = await stack.get(stack.image_url())
+    assert resp.code == 200 and body == stack.expected(EMPTY_ID)
+    assert stack.fake.counts["image_get"] == 2
+
+
+@pytest.mark.stack(first_byte_timeout=0.3)
+@pytest_twisted.ensureDeferred
+async def test_first_byte_timeout_then_served_later(stack):
+    stack.fake.build_delay = 1.0
+    resp, body = await stack.get(stack.image_url())
+    assert resp.code == 503 and resp.headers.getRawHeaders("Retry-After") == ["30"]
+    [download] = stack.app.downloads.active()
+    assert await download.completed(30) and download.state == "committed"
+    resp, body = await stack.get(stack.image_url())
+    assert resp.code == 200 and body == stack.expected(EMPTY_ID)
+    assert stack.fake.counts["image_get"] == 1
+
+
+@pytest.mark.stack(image_size=64 * MiB)
+@pytest_twisted.ensureDeferred
+async def test_reactor_stays_responsive_during_decompression(stack):
+    stack.fake.compressed_image(EMPTY_ID, "v1.11.2", "openstack", "amd64", "xz")  # pre-build in the fake
+    transfer = Deferred.fromCoroutine(stack.get(stack.image_url()))
+    worst = 0.0
+    while not transfer.called:
+        t0 = reactor.seconds()
+        resp, _ = await stack.get(stack.url + "/healthz")
+        worst = max(worst, reactor.seconds() - t0)
+        assert resp.code == 200
+    resp, body = await transfer
+    assert body == stack.expected(EMPTY_ID)
+    assert worst < 1.0, f"/healthz took {worst:.2f}s during a download"
