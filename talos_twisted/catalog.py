@@ -33,7 +33,11 @@ def _short(full: str) -> str:
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> list[str]:
-    return difflib.get_close_matches(name, sorted(set(candidates)), n=3, cutoff=0.6)
+    pool = sorted(set(candidates))
+    close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
+    # a fragment such as "qemu" or "nvidia" should point at the names containing it
+    containing = [c for c in pool if "/" not in c and len(name) >= 3 and name in c]
+    return list(dict.fromkeys(close + containing))[:5]
 
 
 @dataclass(frozen=True)

@@ -164,11 +164,12 @@ class FileStreamer:
         self._close(True)
 
     def _abort(self) -> None:
-        # no final chunk: the client must see a truncated transfer, never a clean end
+        # no final chunk: the client must see a truncated transfer, never a clean end. Abort
+        # first: closing fires `done`, whose waiter finishes the request.
         transport = getattr(self._request.channel, "transport", None)
-        self._close(False)
         if transport is not None:
             transport.abortConnection()
+        self._close(False)
 
     def _cancel_stall(self) -> None:
         if self._stall_call is not None and self._stall_call.active():

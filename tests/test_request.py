@@ -77,3 +77,9 @@ def test_overlay_dash_alias_and_unknown():
     assert CAT.resolve_overlay("rpi-generic").image == "siderolabs/sbc-raspberrypi"
     with pytest.raises(UnknownName, match="unknown overlay 'rpi'"):
         CAT.resolve_overlay("rpi")
+
+
+def test_fragment_suggests_names_containing_it():
+    with pytest.raises(UnknownName) as e:
+        CAT.resolve_extension("qemu")
+    assert "qemu-guest-agent" in e.value.suggestions

@@ -8,7 +8,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 
 from talos_twisted.schematic import Schematic
 
@@ -150,3 +150,43 @@ async def test_reactor_stays_responsive_during_decompression(stack):
     resp, body = await transfer
     assert body == stack.expected(EMPTY_ID)
     assert worst < 1.0, f"/healthz took {worst:.2f}s during a download"
+
+
+@pytest.mark.stack(image_size=64 * MiB, client_stall_timeout=0.5)
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_client_is_aborted_and_the_download_completes(stack):
+    slow = await connect(stack, RawClient(raw_request(stack)))
+    await slow.got_some
+    aborted = Deferred()
+
+    def observe(event):
+        if "read nothing" in event.get("log_format", "") and not aborted.called:
+            aborted.callback(None)
+
+    globalLogPublisher.addObserver(observe)
+    slow.pause()
+    [download] = stack.app.downloads.active()
+    try:
+        await aborted  # the daemon gives up on it
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    slow.resume()  # a paused socket only notices the reset when it reads again
+    await slow.closed
+    assert not slow.reason.check(ConnectionDone)
+    _, complete = dechunk(slow.split()[1])
+    assert not complete
+    assert await download.completed(60) and download.state == "committed"
+
+
+@pytest.mark.stack(checksum_wait=0.3)
+@pytest_twisted.ensureDeferred
+async def test_checksum_of_a_slow_download_is_503_then_served(stack):
+    stack.fake.build_delay = 1.0
+    resp, body = await stack.get(stack.image_url(checksum=True))
+    assert resp.code == 503 and resp.headers.getRawHeaders("Retry-After") == ["30"]
+    [download] = stack.app.downloads.active()
+    await download.completed(30)
+    resp, text = await stack.get(stack.image_url(checksum=True))
+    _, body = await stack.get(stack.image_url())
+    assert text.decode() == f"{sha256(body)}  openstack.raw\n"
+    assert stack.fake.counts["image_get"] == 1
