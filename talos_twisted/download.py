@@ -9,6 +9,8 @@ only, never by a client.
 from __future__ import annotations
 
 import os
+import random
+import re
 from collections import deque
 from typing import Any, Callable
 
@@ -25,9 +27,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from talos_twisted.cache import CacheEntry, CacheStore
 from talos_twisted.decompress import DecompressError, make_decoder
-from talos_twisted.factory import FactoryClient, UpstreamError, classify
+from talos_twisted.factory import FactoryClient, RetryPolicy, UpstreamError, classify
 from talos_twisted.request import ImageKey, ResolvedImage
-from talos_twisted.writer import ImageWriter
+from talos_twisted.writer import ImageChanged, ImageWriter
 
 HIGH_WATER = 4 * 1024 * 1024
 LOW_WATER = 1 * 1024 * 1024
@@ -37,14 +39,31 @@ CONNECTING, STREAMING, COMMITTED, FAILED = "connecting", "streaming", "committed
 
 
 class _BodyReceiver(Protocol):
-    def __init__(self, download: "Download"):
+    def __init__(self, download: "Download", generation: int):
         self._download = download
+        self._generation = generation  # which attempt this body belongs to
 
     def dataReceived(self, data: bytes) -> None:
-        self._download._data(data, self.transport)
+        self._download._data(data, self.transport, self._generation)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self._download._eof(reason)
+        self._download._eof(reason, self._generation)
+
+
+class _Restart:
+    """A queue marker: decode from byte 0 again with a new decoder, verifying the replay."""
+
+    def __init__(self, decoder: Any):
+        self.decoder = decoder
+
+
+def _range_start(response: Any) -> tuple[int, int | None] | None:
+    """(first byte, total) of a 206's Content-Range, or None."""
+    value = (response.headers.getRawHeaders(b"content-range") or [b""])[0].decode("latin-1")
+    m = re.match(r"^bytes (\d+)-(\d+)/(\d+|\*)$", value.strip())
+    if m is None:
+        return None
+    return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
 
 
 class _Abandon(Protocol):
@@ -67,6 +86,9 @@ class Download:
         idle_timeout: float = 120.0,
         slots: DeferredSemaphore | None = None,
         max_output: int = 1024 * 1024,
+        max_resumes: int = 3,
+        retry: RetryPolicy = RetryPolicy(),
+        rng: random.Random | None = None,
     ):
         self.image = image
         self.key: ImageKey = image.key
@@ -78,6 +100,15 @@ class Download:
         self._idle_timeout = idle_timeout
         self._slots = slots
         self._max_output = max_output
+        self._max_resumes = max_resumes
+        self._retry = retry
+        self._rng = rng or random.Random()
+        self._resumes = 0
+        self._resume_call: Any = None
+        self._generation = 0
+        self._expected_end: int | None = None
+        self._range_url: bytes | None = None
+        self._path = ""
 
         self.state = CONNECTING
         self.available = 0  # decompressed bytes readable from the temp file
@@ -90,11 +121,10 @@ class Download:
         self.started = reactor.seconds()
 
         self._listeners: list[Callable[[], None]] = []
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes | _Restart] = deque()
         self._queued = 0
         self._busy = False
         self._eof_seen = False
-        self._expected_length: int | None = None
         self._transport: Any = None
         self._paused = False
         self._idle_call: Any = None
@@ -168,28 +198,91 @@ class Download:
                 await self._slots.acquire()
                 self._holding_slot = True
             remote_id = await self._factory.ensure_schematic(self.image.schematic)
-            path = self.image.factory_path(self._compression).replace(self.image.schematic.id, remote_id)
-            response = await self._factory.open_image(path)
+            self._path = self.image.factory_path(self._compression).replace(self.image.schematic.id, remote_id)
+            response = await self._factory.open_image(self._path)
         except Exception as e:
             self._fail(classify(e, "image download"))
             return
         if self.ended:  # cancelled while the factory was building
             response.deliverBody(_Abandon())
             return
-        if response.length is not UNKNOWN_LENGTH:
-            self._expected_length = response.length
         try:
             self.temp_path = self._cache.temp_path(self.key)
             self.fd = os.open(self.temp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as e:
             self._fail(UpstreamError(503, f"cannot write to the cache: {e.strerror}", retry_after=60))
             return
-        decoder = make_decoder(self._compression, self._max_output)
-        self._writer = ImageWriter(self.fd, decoder, on_progress=self._progress_from_thread)
+        self._writer = ImageWriter(self.fd, self._decoder(), on_progress=self._progress_from_thread)
         self.state = STREAMING
-        self.log.info("downloading {key} from {path}", key=str(self.key), path=path)
+        self.log.info("downloading {key} from {path}", key=str(self.key), path=self._path)
+        self._attach(response, 0)
+
+    def _decoder(self) -> Any:
+        return make_decoder(self._compression, self._max_output)
+
+    def _attach(self, response: Any, offset: int) -> None:
+        """Take the body of `response`, which starts at compressed offset `offset`."""
+        self._generation += 1
+        self._paused = False
+        self._transport = None
+        self.received = offset
+        length = None if response.length is UNKNOWN_LENGTH else response.length
+        self._expected_end = None if length is None else offset + length
+        if offset == 0:
+            accepts = (response.headers.getRawHeaders(b"accept-ranges") or [b""])[0].lower()
+            # where the server says it honours Range (an object store behind a redirect),
+            # a broken transfer can continue from the compressed offset reached
+            self._range_url = response.request.absoluteURI if accepts == b"bytes" and length else None
         self._touch_idle()
-        response.deliverBody(_BodyReceiver(self))
+        response.deliverBody(_BodyReceiver(self, self._generation))
+
+    def _interrupted(self, message: str) -> None:
+        """The upstream body broke off: resume it, or give up after a few attempts."""
+        if self.ended:
+            return
+        self._generation += 1  # whatever the old response still says is ignored
+        self._stop_idle()
+        if self._transport is not None:
+            self._transport.stopProducing()
+            self._transport = None
+        if self._resumes >= self._max_resumes:
+            self._fail(UpstreamError(502, f"{message}; gave up after {self._resumes} resumed attempts"))
+            return
+        delay = self._retry.delay(self._resumes, self._rng)
+        self._resumes += 1
+        self.log.info(
+            "resuming {key} in {delay:.2f}s after: {why}", key=str(self.key), delay=delay, why=message
+        )
+        self._resume_call = self._reactor.callLater(delay, lambda: Deferred.fromCoroutine(self._resume(message)))
+
+    async def _resume(self, why: str) -> None:
+        self._resume_call = None
+        if self.ended:
+            return
+        generation = self._generation
+        try:
+            if self._range_url is not None and self.received > 0:
+                response = await self._factory.open_range(self._range_url, self.received)
+                if self.ended or generation != self._generation:
+                    response.deliverBody(_Abandon())
+                    return
+                if response.code == 206 and _range_start(response) == (self.received, self._expected_end):
+                    self.log.info("resumed {key} at compressed byte {offset}", key=str(self.key), offset=self.received)
+                    self._attach(response, self.received)
+                    return
+                response.deliverBody(_Abandon())
+            response = await self._factory.open_image(self._path)
+        except Exception as e:
+            if not self.ended and generation == self._generation:
+                self._interrupted(f"{why}; resuming failed: {classify(e, 'image download').message}")
+            return
+        if self.ended or generation != self._generation:
+            response.deliverBody(_Abandon())
+            return
+        # from byte 0 again: the bytes already written are decoded anew and must be identical
+        self.log.info("re-downloading {key} from the start, checking the bytes already written", key=str(self.key))
+        self._queue.append(_Restart(self._decoder()))
+        self._attach(response, 0)
 
     def _progress_from_thread(self, size: int) -> None:
         self._reactor.callFromThread(self._progress, size)
@@ -206,10 +299,11 @@ class Download:
             self._idle_call = self._reactor.callLater(self._idle_timeout, self._idle)
 
     def _idle(self) -> None:
-        self._fail(UpstreamError(504, f"the image factory sent no data for {self._idle_timeout:g}s mid-download"))
+        self._idle_call = None
+        self._interrupted(f"the image factory sent no data for {self._idle_timeout:g}s mid-download")
 
-    def _data(self, data: bytes, transport: Any) -> None:
-        if self.ended:
+    def _data(self, data: bytes, transport: Any, generation: int) -> None:
+        if self.ended or generation != self._generation:
             return
         self._transport = transport
         self.received += len(data)
@@ -221,31 +315,33 @@ class Download:
             transport.pauseProducing()
         self._pump()
 
-    def _eof(self, reason: Failure) -> None:
-        self._stop_idle()
-        if self.ended:
+    def _eof(self, reason: Failure, generation: int) -> None:
+        if self.ended or generation != self._generation:
             return
-        if reason.check(ResponseDone) or (reason.check(PotentialDataLoss) and self._compression != "none"):
+        self._stop_idle()
+        self._transport = None
+        clean = reason.check(ResponseDone) or (reason.check(PotentialDataLoss) and self._compression != "none")
+        if clean and (self._expected_end is None or self.received == self._expected_end):
             # without a length, the decoder's own end-of-stream check tells truncation
-            if self._expected_length is not None and self.received != self._expected_length:
-                self._fail(UpstreamError(
-                    502, f"the image factory sent {self.received} of {self._expected_length} bytes",
-                ))
-                return
             self._eof_seen = True
             self._pump()
+        elif self._expected_end is not None:
+            self._interrupted(f"the image factory sent {self.received} of {self._expected_end} bytes")
         else:
-            self._fail(UpstreamError(
-                502, f"the download from the image factory broke off after {self.received} bytes",
-            ))
+            self._interrupted(f"the download from the image factory broke off after {self.received} bytes")
 
     def _pump(self) -> None:
         if self._busy or self.ended:
             return
         assert self._writer is not None
-        if self._queue:
+        if self._queue and isinstance(self._queue[0], _Restart):
+            restart = self._queue.popleft()
+            self._busy = True
+            d = deferToThreadPool(self._reactor, self._pool, self._writer.restart, restart.decoder)
+            d.addCallbacks(self._wrote, self._write_failed, callbackArgs=(0,))
+        elif self._queue:
             parts, size = [], 0
-            while self._queue and size < MAX_BATCH:
+            while self._queue and size < MAX_BATCH and not isinstance(self._queue[0], _Restart):
                 part = self._queue.popleft()
                 parts.append(part)
                 size += len(part)
@@ -266,7 +362,8 @@ class Download:
             return
         if self._paused and self._queued < LOW_WATER:
             self._paused = False
-            self._transport.resumeProducing()
+            if self._transport is not None:
+                self._transport.resumeProducing()
         self._progress(available)
         self._pump()
 
@@ -274,9 +371,12 @@ class Download:
         self._busy = False
         if failure.check(DecompressError):
             self._fail(UpstreamError(502, f"the image from the image factory is corrupt: {failure.value}"))
+        elif failure.check(ImageChanged):
+            self._fail(UpstreamError(502, f"the image factory sent a different image when the download was resumed: {failure.value}"))
         elif failure.check(OSError):
-            self.log.failure("writing {key} to the cache failed", failure, key=str(self.key))
             err = failure.value
+            # an operational fault (disk full, I/O error), not a bug: no traceback
+            self.log.error("writing {key} to the cache failed: {error}", key=str(self.key), error=str(err))
             self._fail(UpstreamError(503, f"cannot write to the cache: {getattr(err, 'strerror', None) or err}", retry_after=60))
         else:
             self.log.failure("download of {key} failed", failure, key=str(self.key))
@@ -324,8 +424,11 @@ class Download:
         self.error = error
         self.log.warn("download of {key} failed: {error}", key=str(self.key), error=error.message)
         self._stop_idle()
+        if self._resume_call is not None and self._resume_call.active():
+            self._resume_call.cancel()
         if self._transport is not None and not self._eof_seen:
             self._transport.stopProducing()
+        self._transport = None
         self._queue.clear()
         self._release()
         self._notify()

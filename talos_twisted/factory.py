@@ -55,6 +55,11 @@ def classify(failure_value: BaseException, what: str, timeout: float | None = No
     """Map a transport-level failure of an upstream call to the error our client sees."""
     if isinstance(failure_value, UpstreamError):
         return failure_value
+    if isinstance(failure_value, (ResponseFailed, ResponseNeverReceived)):
+        # a timeout cancels the request; the agent reports it wrapped in these
+        reasons = [getattr(r, "value", r) for r in failure_value.reasons]
+        if any(isinstance(r, (CancelledError, TxTimeoutError)) for r in reasons):
+            failure_value = CancelledError()
     if isinstance(failure_value, (CancelledError, TxTimeoutError)):
         t = f" within {timeout:g}s" if timeout else ""
         return UpstreamError(504, f"the image factory did not answer {what}{t}", retryable=True)
@@ -70,9 +75,10 @@ def status_error(code: int, body: bytes, what: str) -> UpstreamError:
     msg = f"the image factory answered {code} to {what}" + (f": {detail}" if detail else "")
     if code == 404:
         return UpstreamError(404, msg)
-    if code in (429, 503):
+    if code == 429 or code >= 500:
+        # the factory is failing or overloaded: a retry later may well succeed
         return UpstreamError(503, msg, retry_after=30, retryable=True)
-    return UpstreamError(502, msg, retryable=code >= 500)
+    return UpstreamError(502, msg)
 
 
 class FactoryClient:
@@ -266,3 +272,16 @@ class FactoryClient:
             if e.status == 504:
                 e.message = f"the image factory did not start sending {path} within {self._build_timeout:g}s"
             raise
+
+    async def open_range(self, url: bytes, offset: int) -> IResponse:
+        """GET `url` (where an earlier download was redirected) from `offset` on, unbuffered.
+
+        Returns whatever the server answered: the caller checks for a matching 206.
+        """
+        return await self._http.get(
+            url.decode("ascii"),
+            headers={"Range": f"bytes={offset}-"},
+            unbuffered=True,
+            timeout=self._timeout,
+            reactor=self._clock,
+        )

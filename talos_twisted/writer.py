@@ -17,6 +17,10 @@ BLOCK = 64 * 1024
 _ZEROS = bytes(BLOCK)
 
 
+class ImageChanged(ValueError):
+    """A re-download from byte 0 produced bytes other than those already written."""
+
+
 class ImageWriter:
     def __init__(
         self,
@@ -33,18 +37,45 @@ class ImageWriter:
         self._reported = 0
         self._extent = 0  # length of the file as written so far (holes at the end not counted)
         self.size = 0  # decompressed bytes accepted
+        self._replayed = 0  # after a restart: decoded bytes checked against the file so far
+        self._replay_end = 0  # ... up to here, the size when the restart happened
+
+    def restart(self, decoder: Decoder) -> int:
+        """Decode from byte 0 again: output up to the current size is checked, not written.
+
+        The factory's builds are not guaranteed reproducible, so a re-download may only
+        continue an image if its first bytes are those already written (and hashed).
+        """
+        self._decoder = decoder
+        self._replayed = 0
+        self._replay_end = self.size
+        return self.size
 
     def write(self, data: bytes) -> int:
         """Feed compressed bytes; returns the decompressed size now readable from the file."""
         for chunk in self._decoder.feed(data):
+            if self._replayed < self._replay_end:
+                chunk = self._verify(chunk)
+                if not chunk:
+                    continue
             self._put(chunk)
             if self._on_progress is not None and self.size - self._reported >= self._every:
                 self._report()
         self._sync_length()
         return self.size
 
+    def _verify(self, chunk: bytes) -> bytes:
+        """Compare the replayed part of `chunk` with the file; return the new part."""
+        n = min(len(chunk), self._replay_end - self._replayed)
+        if os.pread(self._fd, n, self._replayed) != chunk[:n]:
+            raise ImageChanged(f"the bytes at offset {self._replayed} differ from those already written")
+        self._replayed += n
+        return chunk[n:]
+
     def finish(self) -> tuple[int, str]:
         """Check the stream's integrity and make the file durable; returns (size, sha256)."""
+        if self._replayed < self._replay_end:
+            raise ImageChanged(f"the new download ended at {self._replayed} bytes, before the {self._replay_end} already written")
         self._decoder.finish()
         self._sync_length()
         os.fsync(self._fd)
