@@ -113,6 +113,9 @@ class FactoryClient:
 
     def _sleep(self, seconds: float) -> Deferred:
         d: Deferred = Deferred()
+        if seconds <= 0:
+            d.callback(None)
+            return d
         self._clock.callLater(seconds, d.callback, None)
         return d
 
