@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import datetime
+import hashlib
 from http.client import HTTPConnection
 import json
 import os
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Sequence
 
@@ -175,11 +177,23 @@ def http(method: str, port: int, path: str, body: bytes | None = None, headers: 
         conn.close()
 
 
-def wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float, what: str) -> None:
+def tail(path: str | None, lines: int = 15) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float, what: str,
+              log_path: str | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise BenchFailure(f"{what} exited with status {proc.returncode} during start-up")
+            raise BenchFailure(f"{what} exited with status {proc.returncode} during start-up; "
+                               f"its log ends:\n{tail(log_path)}")
         try:
             status, _, _ = http("GET", port, path, timeout=2)
             if status == 200:
@@ -187,24 +201,37 @@ def wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float, what
         except OSError:
             pass
         time.sleep(0.1)
-    raise BenchFailure(f"{what} did not answer GET {path} within {timeout:g}s")
+    raise BenchFailure(f"{what} did not answer GET {path} within {timeout:g}s; its log ends:\n{tail(log_path)}")
 
 
 # --- the fake factory and the daemon -----------------------------------------------------
 
 
-def start_fake(procs: Procs, tmp: str, image_size: int, log_name: str = "fake.log") -> tuple[subprocess.Popen, int, str]:
-    port = free_port()
+def _start_twistd(procs: Procs, tmp: str, args: list[str], env: dict[str, str], log_name: str, ready_path: str,
+                  what: str) -> tuple[subprocess.Popen, int, str]:
+    """Start `twistd -n ARGS --listen tcp:PORT` on a free port; tries another port if the one
+    found was taken in between (another process on this shared machine binding port 0)."""
     log_path = os.path.join(tmp, log_name)
-    log = open(log_path, "wb")
-    p = procs.start(
-        [twistd_path(), "--pidfile=", "-n", "talos-fake-factory", "--listen", f"tcp:{port}:interface={HOST}",
-         "--image-size", str(image_size)],
-        stdout=log, stderr=subprocess.STDOUT, env=child_env(), cwd=tmp,
-    )
-    log.close()
-    wait_http(port, "/versions", p, 30, "the fake factory")
-    return p, port, log_path
+    for attempt in range(3):
+        port = free_port()
+        with open(log_path, "wb") as log:
+            p = procs.start([twistd_path(), "--pidfile=", "-n", *args, "--listen", f"tcp:{port}:interface={HOST}"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+        try:
+            wait_http(port, ready_path, p, 30, what, log_path)
+            return p, port, log_path
+        except BenchFailure:
+            procs.stop(p)
+            if attempt < 2 and "Address already in use" in tail(log_path, 1000):
+                print(f"   {what}: port {port} was taken meanwhile, trying another", flush=True)
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+def start_fake(procs: Procs, tmp: str, image_size: int, log_name: str = "fake.log") -> tuple[subprocess.Popen, int, str]:
+    return _start_twistd(procs, tmp, ["talos-fake-factory", "--image-size", str(image_size)], child_env(),
+                         log_name, "/versions", "the fake factory")
 
 
 def prewarm_fake(fake_port: int, compression: str, timeout: float = 300) -> tuple[str, float]:
@@ -225,17 +252,8 @@ def prewarm_fake(fake_port: int, compression: str, timeout: float = 300) -> tupl
 
 def start_daemon(procs: Procs, tmp: str, fake_port: int, cache_dir: str, compression: str = "xz",
                  log_name: str = "daemon.log") -> tuple[subprocess.Popen, int, str]:
-    port = free_port()
-    log_path = os.path.join(tmp, log_name)
-    log = open(log_path, "wb")
-    p = procs.start(
-        [twistd_path(), "--pidfile=", "-n", "talos-images", "--listen", f"tcp:{port}:interface={HOST}",
-         "--base-url", f"http://{HOST}:{fake_port}", "--cache-dir", cache_dir],
-        stdout=log, stderr=subprocess.STDOUT, env=child_env({"TALOS_COMPRESSION": compression}), cwd=tmp,
-    )
-    log.close()
-    wait_http(port, "/healthz", p, 30, "the daemon")
-    return p, port, log_path
+    return _start_twistd(procs, tmp, ["talos-images", "--base-url", f"http://{HOST}:{fake_port}", "--cache-dir", cache_dir],
+                         child_env({"TALOS_COMPRESSION": compression}), log_name, "/healthz", "the daemon")
 
 
 def daemon_sha256(port: int) -> str:
@@ -294,6 +312,25 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+class Sampler(threading.Thread):
+    """Samples a process's VmRSS every `interval` seconds until `stop` is set."""
+
+    def __init__(self, pid: int, interval: float):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.samples.append((time.monotonic(), proc_status(self.pid)["VmRSS"]))
+            except (OSError, KeyError):
+                return
+            self.stop.wait(self.interval)
+
+
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -302,6 +339,29 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / _TICK  # fields 14 and 15 of stat(5)
+
+
+def code_version() -> str:
+    """The commit checked out, whether the daemon's code differs from it, and a digest of
+    that code (talos_twisted/ and twisted/plugins/*.py) as it is on disk now."""
+    h = hashlib.sha256()
+    for top in ("talos_twisted", os.path.join("twisted", "plugins")):
+        for root, dirs, files in sorted(os.walk(os.path.join(REPO, top))):
+            dirs.sort()
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(root, name)
+                    h.update(os.path.relpath(path, REPO).encode() + b"\0")
+                    with open(path, "rb") as f:
+                        h.update(f.read())
+    try:
+        commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "?"
+        dirty = subprocess.run(["git", "-C", REPO, "diff", "--quiet", "HEAD", "--", "talos_twisted", "twisted"],
+                               capture_output=True, timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "?", False
+    return f"{commit}{' + uncommitted changes' if dirty else ''} (code sha256 {h.hexdigest()[:12]})"
 
 
 def machine() -> dict[str, str]:
@@ -316,11 +376,17 @@ def machine() -> dict[str, str]:
         pass
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "code": code_version(),
         "nproc": str(os.cpu_count()),
         "cpu": cpu,
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -3,8 +3,9 @@
 
 1. Start the fake factory (--size) and the daemon in a temporary directory, let the
    daemon download the image once (checked against its .sha256), then serve the committed
-   file (cache/images/.../openstack.raw) with nginx too (`sendfile on`, one worker,
-   access log off, a config written to the temporary directory).
+   file (cache/images/.../openstack.raw) with nginx too (`sendfile on`, one process:
+   `master_process off` so that process is the worker, access log off, a config written to
+   the temporary directory).
 2. Warm-up and correctness: one full GET from each server, its sha256 checked.
 3. --rounds rounds, the order of the two servers alternating (ABBA...) to cancel drift:
    (a) one curl of the whole image to /dev/null (curl's speed_download), with the
@@ -13,7 +14,8 @@
    (c) --ranges sequential Range requests of --range-size at random offsets (same offsets
        for both servers) on one keep-alive connection: requests/s; every body is compared
        with the file afterwards.
-4. Print medians per server and the daemon/nginx ratios.
+4. Print medians per server and the daemon/nginx ratios: of the medians, and the median
+   of the per-round ratios (each round runs the two servers back to back).
 
 Exit status: 0 if every response was correct, 1 on a correctness failure (wrong bytes,
 status or length, a server that died), 2 on bad arguments.
@@ -27,6 +29,7 @@ import json
 import os
 import pwd
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -45,7 +48,7 @@ def nginx_conf(tmp: str, port: int, file_path: str) -> str:
     user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
     return f"""\
 daemon off;
-master_process on;
+master_process off;
 worker_processes 1;
 {user}error_log stderr;
 pid {tmp}/nginx.pid;
@@ -65,14 +68,6 @@ http {{
     }}
 }}
 """
-
-
-def children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
 
 
 class Server:
@@ -128,7 +123,14 @@ def full_get_sha(server: Server, size: int) -> tuple[str, dict[str, str]]:
         conn.close()
 
 
+def children_cpu() -> float:
+    """CPU seconds of this script's waited-for children (the curl clients)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def single(procs: c.Procs, server: Server, size: int) -> dict[str, float]:
+    ccpu0 = children_cpu()
     cpu0 = server.cpu()
     t0 = time.monotonic()
     p = procs.start(curl_cmd(server.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -139,10 +141,11 @@ def single(procs: c.Procs, server: Server, size: int) -> dict[str, float]:
     if p.returncode != 0:
         raise c.BenchFailure(f"{server.name}: curl exited {p.returncode}: {err.decode().strip()}")
     seconds, speed = parse_curl(out, size, server.name)
-    return {"mbps": speed / MB, "seconds": seconds, "wall": wall, "cpu_s": cpu}
+    return {"mbps": speed / MB, "seconds": seconds, "wall": wall, "cpu_s": cpu, "client_cpu_s": children_cpu() - ccpu0}
 
 
 def concurrent(procs: c.Procs, server: Server, size: int, n: int) -> dict[str, float]:
+    ccpu0 = children_cpu()
     cpu0 = server.cpu()
     t0 = time.monotonic()
     ps = [procs.start(curl_cmd(server.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n)]
@@ -155,7 +158,7 @@ def concurrent(procs: c.Procs, server: Server, size: int, n: int) -> dict[str, f
         speeds.append(parse_curl(out, size, server.name)[1])
     wall = time.monotonic() - t0
     cpu = server.cpu() - cpu0
-    return {"mbps": n * size / wall / MB, "wall": wall, "cpu_s": cpu,
+    return {"mbps": n * size / wall / MB, "wall": wall, "cpu_s": cpu, "client_cpu_s": children_cpu() - ccpu0,
             "client_min_mbps": min(speeds) / MB, "client_max_mbps": max(speeds) / MB}
 
 
@@ -214,6 +217,7 @@ def main() -> int:
     procs = c.Procs()
     info = c.machine()
     info["nginx"] = subprocess.run([args.nginx, "-v"], capture_output=True, text=True).stderr.strip()
+    info["loadavg_start"] = c.loadavg()
     print(f"machine: {info}", flush=True)
     results: dict[str, Any] = {"single": {"daemon": [], "nginx": []}, "concurrent": {"daemon": [], "nginx": []},
                                "ranges": {"daemon": [], "nginx": []}}
@@ -266,10 +270,9 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise c.BenchFailure("nginx did not answer within 30s")
                 time.sleep(0.1)
-            workers = children(nginx.pid)
-            if len(workers) != 1:
-                raise c.BenchFailure(f"expected one nginx worker, found {workers}")
-            n = Server("nginx", nport, "/openstack.raw", nginx, workers[0])
+            # master_process off: one process that does the serving (as the one worker would), and
+            # which PR_SET_PDEATHSIG reaches if this script is killed (a forked worker would outlive it)
+            n = Server("nginx", nport, "/openstack.raw", nginx, nginx.pid)
 
             # warm-up and correctness of a full GET from each (a HIT from the daemon)
             for s in (d, n):
@@ -281,6 +284,9 @@ def main() -> int:
             print(f"warm-up: full GET from both servers has sha256 {expected[:16]}... (daemon: HIT)", flush=True)
 
             fd = os.open(file_path, os.O_RDONLY)
+            rss_before = c.proc_status(d.proc.pid)["VmRSS"]
+            sampler = c.Sampler(d.proc.pid, 0.1)
+            sampler.start()
             rng = random.Random(args.seed)
             offsets = [rng.randrange(0, size - rlen + 1) for _ in range(args.ranges)]
             for r in range(args.rounds):
@@ -289,17 +295,23 @@ def main() -> int:
                     s.check_alive()
                     x = single(procs, s, size)
                     results["single"][s.name].append(x)
-                    print(f"round {r + 1} (a) {s.name:6}: 1 client  {x['mbps']:8.1f} MB/s  cpu {x['cpu_s']:.2f}s", flush=True)
+                    print(f"round {r + 1} (a) {s.name:6}: 1 client  {x['mbps']:8.1f} MB/s  wall {x['wall']:.2f}s  "
+                          f"server cpu {x['cpu_s']:.2f}s  curl cpu {x['client_cpu_s']:.2f}s", flush=True)
                 for s in order:
                     x = concurrent(procs, s, size, args.clients)
                     results["concurrent"][s.name].append(x)
                     print(f"round {r + 1} (b) {s.name:6}: {args.clients} clients {x['mbps']:8.1f} MB/s  "
-                          f"wall {x['wall']:.1f}s  cpu {x['cpu_s']:.2f}s", flush=True)
+                          f"wall {x['wall']:.1f}s  server cpu {x['cpu_s']:.2f}s  curl cpu {x['client_cpu_s']:.2f}s", flush=True)
                 for s in order:
                     x = ranges(s, offsets, rlen, fd, size)
                     results["ranges"][s.name].append(x)
-                    print(f"round {r + 1} (c) {s.name:6}: {args.ranges} ranges {x['rps']:8.1f} req/s  cpu {x['cpu_s']:.2f}s",
+                    print(f"round {r + 1} (c) {s.name:6}: {args.ranges} ranges {x['rps']:8.1f} req/s  server cpu {x['cpu_s']:.2f}s",
                           flush=True)
+            sampler.stop.set()
+            sampler.join(5)
+            results["daemon_rss"] = {"before": rss_before, "max_during": max(r for _, r in sampler.samples)}
+            print(f"daemon VmRSS: {c.mib(rss_before)} MiB before the measurements, at most "
+                  f"{c.mib(results['daemon_rss']['max_during'])} MiB during them", flush=True)
             d.check_alive()
             n.check_alive()
             # the daemon served everything from its cache: the fake saw exactly one image GET
@@ -327,7 +339,8 @@ def main() -> int:
                         print(f"{name}: {line}", flush=True)
             procs.kill_all()
 
-    rows = []
+    rows: list[list[str]] = []
+    util_rows: list[list[str]] = []
     summary: dict[str, Any] = {}
     for test, key, unit in (("single", "mbps", "MB/s"), ("concurrent", "mbps", "MB/s (aggregate)"),
                             ("ranges", "rps", "req/s")):
@@ -339,16 +352,31 @@ def main() -> int:
         dcpu, ncpu = median([x["cpu_s"] for x in results[test]["daemon"]]), median([x["cpu_s"] for x in results[test]["nginx"]])
         label = {"single": "(a) 1 client, full image", "concurrent": f"(b) {args.clients} clients, full image",
                  "ranges": f"(c) {args.ranges} x {c.fmt_size(rlen)} Range, keep-alive"}[test]
+        paired = median([a / b for a, b in zip(dv, nv)])  # each round's two servers ran back to back
         rows.append([label, unit, f"{dm:.1f}", f"{min(dv):.1f}-{max(dv):.1f}", f"{nm:.1f}", f"{min(nv):.1f}-{max(nv):.1f}",
-                     f"{dm / nm:.3f}", f"{dcpu:.2f}", f"{ncpu:.2f}"])
-        summary[test] = {"daemon_median": dm, "nginx_median": nm, "ratio": dm / nm, "daemon_cpu_s": dcpu, "nginx_cpu_s": ncpu}
+                     f"{dm / nm:.3f}", f"{paired:.3f}", f"{dcpu:.2f}", f"{ncpu:.2f}"])
+        if test != "ranges":
+            for name in ("daemon", "nginx"):
+                xs = results[test][name]
+                util_rows.append([label, name, f"{median([x['wall'] for x in xs]):.2f}",
+                                  f"{median([x['cpu_s'] / x['wall'] for x in xs]):.2f}",
+                                  f"{median([x['client_cpu_s'] / x['wall'] for x in xs]):.2f}"])
+        summary[test] = {"daemon_median": dm, "nginx_median": nm, "ratio": dm / nm, "paired_ratio": paired, "daemon_cpu_s": dcpu, "nginx_cpu_s": ncpu}
     print()
-    print(c.table(["test", "unit", "daemon median", "daemon range", "nginx median", "nginx range", "daemon/nginx",
-                   "daemon CPU s", "nginx CPU s"], rows))
+    print(c.table(["test", "unit", "daemon median", "daemon range", "nginx median", "nginx range",
+                   "daemon/nginx (medians)", "daemon/nginx (median of per-round ratios)", "daemon CPU s", "nginx CPU s"], rows))
+    if util_rows:
+        print()
+        print(c.table(["test", "server", "wall s (median)", "server CPU / wall", "curl CPU / wall"], util_rows))
     if "single" in summary:
         s = summary["single"]
         gib = size / c.GiB
         print(f"\nCPU per GiB served by one client: daemon {s['daemon_cpu_s'] / gib:.2f} s, nginx {s['nginx_cpu_s'] / gib:.2f} s")
+    info["loadavg_end"] = c.loadavg()
+    if c.code_version() != info["code"]:
+        info["code_end"] = c.code_version()
+        print(f"WARNING: the daemon's code changed during the run: {info['code']} -> {info['code_end']}")
+    print(f"load average at start {info['loadavg_start']}, at end {info['loadavg_end']}")
     for note in notes:
         print(f"note: {note}")
     if args.json:

@@ -58,23 +58,6 @@ class Reader(threading.Thread):
         self.done_at = time.monotonic()
 
 
-class Sampler(threading.Thread):
-    def __init__(self, pid: int, interval: float):
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.interval = interval
-        self.samples: list[tuple[float, int]] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.samples.append((time.monotonic(), c.proc_status(self.pid)["VmRSS"]))
-            except (OSError, KeyError):
-                return
-            self.stop.wait(self.interval)
-
-
 def fd_targets(pid: int) -> dict[str, str]:
     out = {}
     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -109,6 +92,7 @@ def run_one(procs: c.Procs, size: int, compression: str, args: argparse.Namespac
         fake, fake_port, fake_log = c.start_fake(procs, tmp, size)
         daemon = None
         clients: list[subprocess.Popen] = []
+        files: list[Any] = []
         try:
             sid, build_s = c.prewarm_fake(fake_port, compression)
             res["fake_build_s"] = build_s
@@ -126,11 +110,12 @@ def run_one(procs: c.Procs, size: int, compression: str, args: argparse.Namespac
             cpu0 = c.cpu_seconds(pid)
             print(f"   daemon pid {pid}: idle VmRSS {c.mib(st['VmRSS'])} MiB (VmHWM {c.mib(st['VmHWM'])} MiB)", flush=True)
 
-            sampler = Sampler(pid, args.interval)
+            sampler = c.Sampler(pid, args.interval)
             sampler.start()
             url = f"http://{c.HOST}:{port}{c.IMAGE_PATH}"
             fast_h, slow_h = os.path.join(tmp, "fast.headers"), os.path.join(tmp, "slow.headers")
             fast_err, slow_err = open(os.path.join(tmp, "fast.err"), "w+b"), open(os.path.join(tmp, "slow.err"), "w+b")
+            files += [fast_err, slow_err]
             t0 = time.monotonic()
             fast = procs.start(curl(url, fast_h, []), stdout=subprocess.PIPE, stderr=fast_err)
             slow = procs.start(curl(url, slow_h, ["--limit-rate", args.slow_rate]), stdout=subprocess.PIPE, stderr=slow_err)
@@ -178,6 +163,10 @@ def run_one(procs: c.Procs, size: int, compression: str, args: argparse.Namespac
             res["samples"] = len(samples)
             res["max_sampled_rss"] = max(r for _, r in samples)
             res["rss_at_commit"] = rss_at_commit
+            # growth within the run: the largest VmRSS in each quarter of the download
+            q = (committed - t0) / 4
+            res["rss_quarters"] = [max((r for t, r in samples if t0 + i * q <= t < t0 + (i + 1) * q), default=0)
+                                   for i in range(4)]
             # VmHWM is only brought up to date by the kernel at some points (unmapping), so a
             # sampled VmRSS can exceed it: the peak is the larger of the two
             res["peak"] = max(res["peak_hwm"], res["max_sampled_rss"])
@@ -203,10 +192,13 @@ def run_one(procs: c.Procs, size: int, compression: str, args: argparse.Namespac
                   f"max sampled {c.mib(res['max_sampled_rss'])} MiB, at commit {c.mib(rss_at_commit)} MiB, "
                   f"end {c.mib(res['end_rss'])} MiB; slow client at {c.mib(res['slow_bytes'])} MiB; "
                   f"sha256 {'OK' if res['sha256_ok'] else 'MISMATCH'}; after the slow client left: "
-                  f"{c.mib(res['after_rss'])} MiB, open fds {res['idle_fds']} idle -> {res['after_fds']} (new: {res['new_fds']})", flush=True)
+                  f"{c.mib(res['after_rss'])} MiB; max VmRSS per quarter of the download: "
+                  f"{', '.join(c.mib(x) for x in res['rss_quarters'])} MiB; open fds {res['idle_fds']} idle -> {res['after_fds']} (new: {res['new_fds']})", flush=True)
         finally:
             for p in clients:
                 procs.stop(p, 5)
+            for f in files:
+                f.close()
             if daemon is not None:
                 rc = procs.stop(daemon)
                 res["daemon_exit"] = rc
@@ -248,6 +240,7 @@ def main() -> int:
     c.install_deadline(args.timeout)
     procs = c.Procs()
     info = c.machine()
+    info["loadavg_start"] = c.loadavg()
     print(f"machine: {info}", flush=True)
     results: list[dict[str, Any]] = []
     failed = False
@@ -297,6 +290,11 @@ def main() -> int:
     if ratio_rows:
         print()
         print(c.table(["comp", "sizes", "size ratio", "peak ratio", "growth ratio (peak-idle)"], ratio_rows))
+    info["loadavg_end"] = c.loadavg()
+    if c.code_version() != info["code"]:
+        info["code_end"] = c.code_version()
+        print(f"WARNING: the daemon's code changed during the run: {info['code']} -> {info['code_end']}")
+    print(f"\nload average at start {info['loadavg_start']}, at end {info['loadavg_end']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "args": vars(args), "results": results}, f, indent=2)

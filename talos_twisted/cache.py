@@ -24,6 +24,9 @@ from talos_twisted.request import ImageKey
 
 TEMP_MARK = ".tmp-"
 SIDECAR = ".json"
+# last access is persisted into the sidecar when the stored value is older than this: LRU
+# order then survives a restart without a sidecar write per hit
+ACCESS_PERSIST_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
@@ -79,23 +82,50 @@ class CacheStore:
         self._free = free_space or (lambda p: shutil.disk_usage(p).free)
         self._index: dict[ImageKey, CacheEntry] = {}
         self._pins: dict[ImageKey, int] = {}
+        self._stored_access: dict[ImageKey, float] = {}  # last_access as in each sidecar
 
     # --- lookup --------------------------------------------------------------------
 
     def path_for(self, key: ImageKey) -> str:
         return os.path.join(self.images, key.relpath)
 
-    def get(self, key: ImageKey) -> CacheEntry | None:
+    def peek(self, key: ImageKey) -> CacheEntry | None:
+        """The entry of `key` if it is cached, without counting as an access (prefetch)."""
         entry = self._index.get(key)
         if entry is None:
             return None
         if not os.path.exists(entry.path):
             self.log.warn("cache entry {key} vanished from disk", key=str(key))
-            del self._index[key]
+            self._forget(key)
             return None
-        entry = replace(entry, last_access=self._now())
-        self._index[key] = entry
         return entry
+
+    def get(self, key: ImageKey) -> CacheEntry | None:
+        """The entry of `key` if it is cached; counts as an access (LRU)."""
+        entry = self.peek(key)
+        if entry is None:
+            return None
+        now = self._now()
+        entry = replace(entry, last_access=now)
+        self._index[key] = entry
+        if now - self._stored_access.get(key, entry.created) > ACCESS_PERSIST_INTERVAL:
+            self._persist_access(entry)
+        return entry
+
+    def _persist_access(self, entry: CacheEntry) -> None:
+        try:
+            self._write_sidecar(entry)
+        except OSError as e:
+            # only the LRU order after a restart suffers: keep serving
+            self.log.warn(
+                "could not record the last access of {key}: {error}", key=str(entry.key), error=str(e)
+            )
+            return
+        self._stored_access[entry.key] = entry.last_access
+
+    def _forget(self, key: ImageKey) -> CacheEntry | None:
+        self._stored_access.pop(key, None)
+        return self._index.pop(key, None)
 
     def entries(self) -> list[CacheEntry]:
         return sorted(self._index.values(), key=lambda e: e.last_access, reverse=True)
@@ -158,6 +188,7 @@ class CacheStore:
         self._write_sidecar(entry)
         old = self._index.get(key)
         self._index[key] = entry
+        self._stored_access[key] = now
         if old is not None and old.path != final:
             self._remove_files(old)
         self.evict()
@@ -191,7 +222,7 @@ class CacheStore:
             self.discard(path)
 
     def remove(self, key: ImageKey) -> None:
-        entry = self._index.pop(key, None)
+        entry = self._forget(key)
         if entry is not None:
             self._remove_files(entry)
 
@@ -225,6 +256,7 @@ class CacheStore:
     def recover(self) -> None:
         """Remove leftovers of interrupted writes and rebuild the index from the sidecars."""
         self._index.clear()
+        self._stored_access.clear()
         removed = 0
         for dirpath, _dirs, files in os.walk(self.images):
             for name in files:
@@ -240,6 +272,7 @@ class CacheStore:
                         removed += 1
                     else:
                         self._index[entry.key] = entry
+                        self._stored_access[entry.key] = entry.last_access
                 elif name.endswith(".raw" + SIDECAR) and not os.path.exists(path[: -len(SIDECAR)]):
                     self.discard(path)
         self.log.info(

@@ -19,6 +19,7 @@ from talos_twisted.config import Config, ConfigError, load_config
 from talos_twisted.download import Download, Downloads
 from talos_twisted.factory import FactoryClient
 from talos_twisted.metastore import MetadataStore
+from talos_twisted.prefetch import PrefetchService, Prefetcher
 from talos_twisted.web import TalosImages
 
 
@@ -130,6 +131,13 @@ def build(config: Config, reactor: Any) -> tuple[service.MultiService, TalosImag
     downloads = Downloads(make)
     DownloadsService(downloads).setServiceParent(top)
     app = TalosImages(talos, factory=factory, cache=cache, downloads=downloads, clock=reactor)
+    if talos.prefetch and talos.enabled:
+        # after the cache's recovery and the downloads in start order, so before them at stop
+        prefetcher = Prefetcher(
+            talos.prefetch, resolver=app.resolver, downloads=downloads, cache=cache, clock=reactor,
+            platforms=talos.platforms,
+        )
+        PrefetchService(prefetcher, PrefetchService.interval_for(talos.metadata_ttl), reactor).setServiceParent(top)
     return top, app
 
 

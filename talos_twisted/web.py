@@ -88,7 +88,7 @@ class TalosImages:
         request.setResponseCode(status)
         request.setHeader("Content-Type", "application/json")
         request.setHeader("Cache-Control", "no-store")
-        for h in ("Content-Length", "Content-Disposition", "ETag", "Last-Modified", "Accept-Ranges"):
+        for h in ("Content-Length", "Content-Disposition", "ETag", "Last-Modified", "Accept-Ranges", "X-Talos-Cache"):
             request.responseHeaders.removeHeader(h)
         if retry_after:
             request.setHeader("Retry-After", str(retry_after))
@@ -313,7 +313,10 @@ class TalosImages:
         if download.state == FAILED:
             assert download.error is not None
             raise _upstream(download.error)
-        if download.state == COMMITTED and download.entry is not None:
+        if download.state == COMMITTED:
+            if download.entry is None:
+                # it finished before this client woke up and was too large to keep
+                raise HTTPError(507, "the image is larger than the cache (max_cache_size), so it was not kept; retry later")
             return await self._serve_entry(request, download.entry)
         if download.available == 0 and download.state != COMMITTED:
             raise HTTPError(
@@ -334,6 +337,11 @@ class TalosImages:
     async def _checksum(self, request: Any, image: ResolvedImage, entry: CacheEntry | None) -> bytes:
         if entry is None:
             download, joined = self.downloads.get_or_start(image)
+            if request.method == b"HEAD":
+                # HEAD never waits for a download (as for the image itself): 200 without
+                # validators; the download goes on in the background
+                self._checksum_headers(request, image)
+                return b""
             await download.completed(self.config.checksum_wait)
             if download.state == FAILED:
                 assert download.error is not None
@@ -347,9 +355,12 @@ class TalosImages:
             entry = download.entry
             if entry is None:
                 raise HTTPError(507, "the image is larger than the cache (max_cache_size), so no checksum can describe it")
+        self._checksum_headers(request, image)
+        request.setHeader("ETag", entry.etag)
+        return f"{entry.sha256}  {image.platform}.raw\n".encode()
+
+    def _checksum_headers(self, request: Any, image: ResolvedImage) -> None:
         request.setHeader("X-Talos-Version", image.version)
         request.setHeader("X-Talos-Schematic", image.schematic.id)
         request.setHeader("Content-Type", "text/plain; charset=utf-8")
-        request.setHeader("ETag", entry.etag)
         request.setHeader("Cache-Control", "no-cache" if image.latest else "public, max-age=86400")
-        return f"{entry.sha256}  {image.platform}.raw\n".encode()

@@ -92,3 +92,87 @@ def test_min_free_space_evicts(tmp_path):
     put(store, key(2))
     free["bytes"] = 0
     assert store.evict() == [key(1), key(2)]
+
+
+class SetTime:
+    """A clock that moves only when told to."""
+
+    def __init__(self, t=1_700_000_000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def sidecar_access(entry):
+    with open(entry.path + ".json") as f:
+        return json.load(f)["last_access"]
+
+
+def test_last_access_is_persisted_only_when_the_stored_value_is_over_a_minute_old(tmp_path):
+    clock = SetTime()
+    t0 = clock.t
+    store = CacheStore(str(tmp_path), now=clock)
+    e = put(store, key(1))
+    assert sidecar_access(e) == t0
+    clock.t = t0 + 30
+    assert store.get(key(1)).last_access == t0 + 30
+    assert sidecar_access(e) == t0, "a hit within a minute of the stored value writes nothing"
+    clock.t = t0 + 61
+    store.get(key(1))
+    assert sidecar_access(e) == t0 + 61
+    clock.t = t0 + 100
+    assert store.get(key(1)).last_access == t0 + 100
+    assert sidecar_access(e) == t0 + 61
+    clock.t = t0 + 122
+    store.get(key(1))
+    assert sidecar_access(e) == t0 + 122
+    # the rest of the sidecar is untouched
+    side = json.load(open(e.path + ".json"))
+    assert side["created"] == t0 and side["size"] == 10000 and side["sha256"] == "a" * 64
+
+
+def test_peek_is_not_an_access(tmp_path):
+    clock = SetTime()
+    store = CacheStore(str(tmp_path), now=clock)
+    e = put(store, key(1))
+    clock.t += 3600
+    assert store.peek(key(1)).last_access == e.last_access
+    assert sidecar_access(e) == e.last_access
+    assert store.peek(key(2)) is None
+
+
+def test_lru_order_survives_a_restart(tmp_path):
+    clock = SetTime()
+    t0 = clock.t
+    store = CacheStore(str(tmp_path), now=clock)
+    for n in range(3):
+        clock.t += 1
+        put(store, key(n), os.urandom(100_000))
+    usage = store.total_usage
+    clock.t = t0 + 120
+    store.get(key(0))  # 0 becomes the most recent, and that is recorded: 1 is the oldest now
+    fresh = CacheStore(str(tmp_path), now=clock)
+    fresh.recover()
+    assert [e.key for e in fresh.entries()] == [key(0), key(2), key(1)]
+    assert fresh.get(key(0)).last_access == t0 + 120
+    fresh.max_size = usage - 1
+    assert fresh.evict() == [key(1)]
+
+
+def test_a_failed_last_access_write_does_not_fail_the_hit(tmp_path, monkeypatch):
+    clock = SetTime()
+    t0 = clock.t
+    store = CacheStore(str(tmp_path), now=clock)
+    e = put(store, key(1))
+
+    def broken(entry):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "_write_sidecar", broken)
+    clock.t = t0 + 100
+    assert store.get(key(1)).last_access == t0 + 100
+    monkeypatch.undo()
+    clock.t = t0 + 101
+    store.get(key(1))  # still older than a minute on disk: written now
+    assert sidecar_access(e) == t0 + 101
