@@ -186,3 +186,17 @@ async def raw_head(stack, url) -> tuple[int, dict[str, str]]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return int(lines[0].split()[1]), headers
+
+
+def assert_failed_transfer(client: RawClient, status: int, fragment: bytes = b"") -> None:
+    """A download failed: the client saw either an aborted 200 (no final chunk, no clean
+    close) or, when the failure came before the first byte, an error with `status`."""
+    from twisted.internet.error import ConnectionDone
+
+    head, body = client.split()
+    if head.startswith(b"HTTP/1.1 200"):
+        assert not dechunk(body)[1], "a failed transfer must not end with the final chunk"
+        assert not client.reason.check(ConnectionDone), "a failed transfer must not close cleanly"
+    else:
+        assert head.startswith(f"HTTP/1.1 {status}".encode()), head
+        assert fragment in body, body
