@@ -58,7 +58,7 @@ def _split_sign(text: str) -> tuple[int, str]:
     return 1, text
 
 
-def parse_size(value: str | int) -> int:
+def parse_size(value: str | int | float) -> int:
     """Bytes from ``123``, ``"123"``, ``"500MiB"``, ``"10GB"``, ``"1.5GiB"``; ValueError otherwise."""
     if isinstance(value, bool):  # bool is an int subclass; `true` is not a size
         raise ValueError(f"{value!r} is not a size ({_SIZE_HELP})")
@@ -107,7 +107,7 @@ def parse_duration(value: str | int | float) -> float:
     return seconds
 
 
-def parse_bool(value: str | bool) -> bool:
+def parse_bool(value: str | bool | int) -> bool:
     """true/false, yes/no, on/off, 1/0 (any case); ValueError otherwise."""
     if isinstance(value, bool):
         return value
@@ -460,7 +460,7 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate keys: the later one would silently win, hiding a mistake."""
 
 
-def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden on purpose

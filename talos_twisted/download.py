@@ -12,11 +12,11 @@ import os
 import random
 import re
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, TypeAlias, cast
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorThreads, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,7 +26,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from talos_twisted.cache import CacheEntry, CacheStore
-from talos_twisted.decompress import DecompressError, make_decoder
+from talos_twisted.decompress import Decoder, DecompressError, make_decoder
 from talos_twisted.factory import FactoryClient, RetryPolicy, UpstreamError, classify
 from talos_twisted.request import ImageKey, ResolvedImage
 from talos_twisted.writer import ImageChanged, ImageWriter
@@ -46,15 +46,19 @@ class _BodyReceiver(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._download._data(data, self.transport, self._generation)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._download._eof(reason, self._generation)
 
 
 class _Restart:
     """A queue marker: decode from byte 0 again with a new decoder, verifying the replay."""
 
-    def __init__(self, decoder: Any):
+    def __init__(self, decoder: Decoder):
         self.decoder = decoder
+
+
+# what the reactor hands to the writer thread, in order: body bytes, or a restart marker
+_QueueItem: TypeAlias = bytes | _Restart
 
 
 def _range_start(response: Any) -> tuple[int, int | None] | None:
@@ -68,7 +72,8 @@ def _range_start(response: Any) -> tuple[int, int | None] | None:
 
 class _Abandon(Protocol):
     def connectionMade(self) -> None:
-        self.transport.stopProducing()
+        # a response body's transport is a producer (_newclient.TransportProxyProducer)
+        cast(IPushProducer, self.transport).stopProducing()
 
 
 class Download:
@@ -121,7 +126,7 @@ class Download:
         self.started = reactor.seconds()
 
         self._listeners: list[Callable[[], None]] = []
-        self._queue: deque[bytes | _Restart] = deque()
+        self._queue: deque[_QueueItem] = deque()
         self._queued = 0
         self._busy = False
         self._eof_seen = False
@@ -130,7 +135,7 @@ class Download:
         self._idle_call: Any = None
         self._writer: ImageWriter | None = None
         self._holding_slot = False
-        self._settled: list[Deferred] = []
+        self._settled: list[Deferred[Download]] = []
         self.is_settled = False  # ended, and the temp file and fd are dealt with
 
     # --- observers -------------------------------------------------------------------
@@ -156,13 +161,13 @@ class Download:
             except Exception:
                 self.log.failure("download listener failed")
 
-    def when(self, condition: Callable[[], bool], timeout: float | None) -> Deferred:
+    def when(self, condition: Callable[[], bool], timeout: float | None) -> Deferred[bool]:
         """A new Deferred firing True once `condition()` holds, False after `timeout`."""
-        d: Deferred = Deferred()
+        d: Deferred[bool] = Deferred()
         if condition():
             d.callback(True)
             return d
-        call = None
+        call: IDelayedCall | None = None
 
         def check() -> None:
             if not d.called and condition():
@@ -178,18 +183,23 @@ class Download:
         self.subscribe(check)
         if timeout is not None:
             call = self._reactor.callLater(timeout, finish, False)
-        d.addErrback(lambda f: (finish(False), f)[1])  # cancelled by a departing client
+
+        def cancelled(f: Failure) -> Failure:  # cancelled by a departing client
+            finish(False)
+            return f
+
+        d.addErrback(cancelled)
         return d
 
-    def first_byte(self, timeout: float | None) -> Deferred:
+    def first_byte(self, timeout: float | None) -> Deferred[bool]:
         return self.when(lambda: self.available > 0 or self.ended, timeout)
 
-    def completed(self, timeout: float | None) -> Deferred:
+    def completed(self, timeout: float | None) -> Deferred[bool]:
         return self.when(lambda: self.ended, timeout)
 
     # --- running ---------------------------------------------------------------------
 
-    def start(self) -> Deferred:
+    def start(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._run())
 
     async def _run(self) -> None:
@@ -217,7 +227,7 @@ class Download:
         self.log.info("downloading {key} from {path}", key=str(self.key), path=self._path)
         self._attach(response, 0)
 
-    def _decoder(self) -> Any:
+    def _decoder(self) -> Decoder:
         return make_decoder(self._compression, self._max_output)
 
     def _attach(self, response: Any, offset: int) -> None:
@@ -334,25 +344,30 @@ class Download:
         if self._busy or self.ended:
             return
         assert self._writer is not None
-        if self._queue and isinstance(self._queue[0], _Restart):
-            restart = self._queue.popleft()
+        head = self._queue[0] if self._queue else None
+        if isinstance(head, _Restart):
+            self._queue.popleft()
             self._busy = True
-            d = deferToThreadPool(self._reactor, self._pool, self._writer.restart, restart.decoder)
-            d.addCallbacks(self._wrote, self._write_failed, callbackArgs=(0,))
-        elif self._queue:
-            parts, size = [], 0
-            while self._queue and size < MAX_BATCH and not isinstance(self._queue[0], _Restart):
-                part = self._queue.popleft()
+            restarted = deferToThreadPool(self._reactor, self._pool, self._writer.restart, head.decoder)
+            restarted.addCallbacks(self._wrote, self._write_failed, callbackArgs=(0,))
+        elif head is not None:
+            parts: list[bytes] = []
+            size = 0
+            while self._queue and size < MAX_BATCH:
+                part = self._queue[0]
+                if isinstance(part, _Restart):
+                    break  # the batch ends at a restart marker
+                self._queue.popleft()
                 parts.append(part)
                 size += len(part)
             batch = b"".join(parts)
             self._busy = True
-            d = deferToThreadPool(self._reactor, self._pool, self._writer.write, batch)
-            d.addCallbacks(self._wrote, self._write_failed, callbackArgs=(size,))
+            wrote = deferToThreadPool(self._reactor, self._pool, self._writer.write, batch)
+            wrote.addCallbacks(self._wrote, self._write_failed, callbackArgs=(size,))
         elif self._eof_seen:
             self._busy = True
-            d = deferToThreadPool(self._reactor, self._pool, self._writer.finish)
-            d.addCallbacks(self._finished, self._write_failed)
+            finished = deferToThreadPool(self._reactor, self._pool, self._writer.finish)
+            finished.addCallbacks(self._finished, self._write_failed)
 
     def _wrote(self, available: int, size: int) -> None:
         self._busy = False
@@ -449,9 +464,9 @@ class Download:
         for d in waiters:
             d.callback(self)
 
-    def settled(self) -> Deferred:
+    def settled(self) -> Deferred[Download]:
         """A new Deferred firing once the download has ended and nothing of it is left open."""
-        d: Deferred = Deferred()
+        d: Deferred[Download] = Deferred()
         if self.is_settled:
             d.callback(self)
         else:
@@ -515,11 +530,11 @@ class Downloads:
         download.start().addErrback(lambda f: self.log.failure("download crashed", f))
         return download, False
 
-    def quiesce(self) -> Deferred:
+    def quiesce(self) -> Deferred[list[Download]]:
         """Fires once every download started so far has settled (tests, shutdown)."""
         return gatherResults([d.settled() for d in list(self._unsettled)])
 
-    def stop(self) -> Deferred:
+    def stop(self) -> Deferred[list[Download]]:
         """Abort every running download (daemon shutdown) and wait until they have settled."""
         for download in list(self._active.values()):
             download.cancel("the server is shutting down")

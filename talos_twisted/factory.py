@@ -10,18 +10,21 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine, TypeVar, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as TxTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IResponse
 
 from talos_twisted.catalog import Catalog
 from talos_twisted.metastore import MetadataStore
 from talos_twisted.schematic import Schematic
+
+_T = TypeVar("_T")
 
 
 class UpstreamError(Exception):
@@ -106,20 +109,20 @@ class FactoryClient:
         self._retry = retry
         self._rng = rng or random.Random()
         self._memo: dict[str, tuple[float, Any]] = {}
-        self._inflight: dict[str, list[Deferred]] = {}
+        self._inflight: dict[str, list[Deferred[Any]]] = {}
         self._schematics: set[str] = set()
 
     # --- retries ---------------------------------------------------------------------
 
-    def _sleep(self, seconds: float) -> Deferred:
-        d: Deferred = Deferred()
+    def _sleep(self, seconds: float) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
         if seconds <= 0:
             d.callback(None)
             return d
         self._clock.callLater(seconds, d.callback, None)
         return d
 
-    async def _with_retries(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def _with_retries(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
         for attempt in range(self._retry.attempts):
             try:
                 return await call()
@@ -151,12 +154,12 @@ class FactoryClient:
 
     # --- memoised metadata -----------------------------------------------------------
 
-    def _single_flight(self, name: str, fetch: Callable[[], Awaitable[Any]]) -> Deferred:
+    def _single_flight(self, name: str, fetch: Callable[[], Coroutine[Any, Any, _T]]) -> Deferred[_T]:
         waiters = self._inflight.get(name)
         if waiters is None:
             waiters = self._inflight[name] = []
 
-            def deliver(result: Any) -> None:
+            def deliver(result: _T | Failure) -> None:
                 del self._inflight[name]
                 for waiter in waiters:
                     if not waiter.called:
@@ -164,15 +167,16 @@ class FactoryClient:
 
             Deferred.fromCoroutine(fetch()).addBoth(deliver)
         # each caller gets its own Deferred: cancelling one (client gone) must not cancel the fetch
-        mine: Deferred = Deferred()
+        mine: Deferred[_T] = Deferred()
         waiters.append(mine)
         return mine
 
-    async def _cached(self, name: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
+    async def _cached(self, name: str, fetch: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         now = self._clock.seconds()
         hit = self._memo.get(name)
+        # the memo and the store hold what `fetch` returned (in an earlier run, for the store)
         if hit is not None and now < hit[0]:
-            return hit[1]
+            return cast(_T, hit[1])
         try:
             value = await self._single_flight(name, fetch)
         except UpstreamError as e:
@@ -184,7 +188,7 @@ class FactoryClient:
             self.log.warn("using the last known {name}: {error}", name=name, error=e.message)
             # try the factory again soon, not on every request
             self._memo[name] = (now + min(self._ttl, 30.0), stale)
-            return stale
+            return cast(_T, stale)
         self._memo[name] = (now + self._ttl, value)
         if self._store is not None and (hit is None or hit[1] != value):
             self._store.save(name, value)
@@ -267,7 +271,7 @@ class FactoryClient:
             if resp.code != 200:
                 body = await resp.content()
                 raise status_error(resp.code, body, what)
-            return resp
+            return cast(IResponse, resp)  # treq's response wraps an IResponse
 
         try:
             return await self._with_retries(what, once)
@@ -281,10 +285,11 @@ class FactoryClient:
 
         Returns whatever the server answered: the caller checks for a matching 206.
         """
-        return await self._http.get(
+        resp = await self._http.get(
             url.decode("ascii"),
             headers={"Range": f"bytes={offset}-"},
             unbuffered=True,
             timeout=self._timeout,
             reactor=self._clock,
         )
+        return cast(IResponse, resp)  # treq's response wraps an IResponse

@@ -51,12 +51,12 @@ def describe(item: PrefetchImage) -> str:
 
 def image_request(item: PrefetchImage, platforms: Iterable[str]) -> ImageRequest:
     """The request a client would make for `item`, validated exactly as a URL is."""
-    query: dict[str, list[str]] = {}
+    query: dict[bytes | str, list[bytes | str]] = {}  # the shape of a request's `args`
     if item.extensions:
         query["extensions"] = list(item.extensions)
     if item.overlay:
         query["overlay"] = [item.overlay]
-    return parse_image_request(item.version, item.arch, f"{item.platform}.raw", query, platforms)  # type: ignore[arg-type]
+    return parse_image_request(item.version, item.arch, f"{item.platform}.raw", query, platforms)
 
 
 @dataclass(frozen=True)
@@ -147,8 +147,8 @@ class PrefetchService(service.Service):
         self.interval = interval
         self._clock = clock
         self._loop: LoopingCall | None = None
-        self._round: Deferred | None = None
-        self._idle_waiters: list[Deferred] = []
+        self._round: Deferred[None] | None = None
+        self._idle_waiters: list[Deferred[None]] = []
         self.rounds = 0  # rounds finished (successfully or not)
 
     @staticmethod
@@ -173,7 +173,7 @@ class PrefetchService(service.Service):
             self._round.cancel()  # waiting for metadata only: the factory client's fetch goes on
         return None
 
-    def _guarded_round(self) -> Deferred:
+    def _guarded_round(self) -> Deferred[None]:
         if self._round is not None:  # one round at a time (run_now may have started one)
             return self.idle()
         d = self._round = Deferred.fromCoroutine(self.prefetcher.run_round())
@@ -193,15 +193,15 @@ class PrefetchService(service.Service):
         d.addBoth(done)
         return d
 
-    def idle(self) -> Deferred:
+    def idle(self) -> Deferred[None]:
         """A new Deferred firing once no round is running (at once if none is)."""
-        d: Deferred = Deferred()
+        d: Deferred[None] = Deferred()
         if self._round is None:
             d.callback(None)
         else:
             self._idle_waiters.append(d)
         return d
 
-    def run_now(self) -> Deferred:
+    def run_now(self) -> Deferred[None]:
         """Run a round now (tests, operators), unless one is running: then wait for it."""
         return self._guarded_round()

@@ -105,7 +105,7 @@ def _expect(obj: Any, kind: type, where: str) -> Any:
     return obj
 
 
-def _unknown(mapping: dict, allowed: set[str], where: str) -> None:
+def _unknown(mapping: dict[Any, Any], allowed: set[str], where: str) -> None:
     for key in mapping:
         if key not in allowed:
             raise SchematicError(f"{where}: field {key} not found in type")

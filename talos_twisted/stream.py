@@ -9,12 +9,15 @@ truncated image never looks complete.
 from __future__ import annotations
 
 import os
-from typing import Any, Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Any, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from talos_twisted.download import Download
 
 # 256 KiB: per-call overhead dominated at 64 KiB (bench/hits.py: 0.58 -> 0.76 of nginx)
 CHUNK = 256 * 1024
@@ -51,7 +54,7 @@ class FileSource:
 class DownloadSource:
     """A download in progress (see talos_twisted.download.Download)."""
 
-    def __init__(self, download: Any):
+    def __init__(self, download: Download):
         self._download = download
 
     def available(self) -> int:
@@ -97,9 +100,9 @@ class FileStreamer:
         self._finished = False
         self._stall_call: Any = None
         self.sent = 0
-        self.done: Deferred = Deferred()  # fires with True (complete) or False (aborted / gone)
+        self.done: Deferred[bool] = Deferred()  # fires with True (complete) or False (aborted / gone)
 
-    def start(self) -> Deferred:
+    def start(self) -> Deferred[bool]:
         self._request.registerProducer(self, True)
         self._source.subscribe(self._pump)
         self._request.notifyFinish().addErrback(lambda _: self._close(False))

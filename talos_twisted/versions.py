@@ -39,7 +39,7 @@ class Version:
         core = f"v{self.major}.{self.minor}.{self.patch}"
         return core + ("-" + ".".join(self.pre) if self.pre else "")
 
-    def _key(self) -> tuple:
+    def _key(self) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]:
         # semver: a release sorts after its pre-releases; numeric identifiers compare as numbers
         pre_key = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in self.pre)
         return (self.major, self.minor, self.patch, 1 if not self.pre else 0, pre_key)

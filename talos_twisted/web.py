@@ -77,7 +77,7 @@ class TalosImages:
         self.cache = cache
         self.downloads = downloads
         self.clock = clock
-        self.metrics = Metrics(downloads, cache)
+        self.stats = Metrics(downloads, cache)
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -154,7 +154,7 @@ class TalosImages:
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: Any) -> bytes:
         request.setHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        return generate_latest(self.metrics.registry)
+        return generate_latest(self.stats.registry)
 
     # --- discovery -------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ class TalosImages:
         return await self._serve_download(request, image)
 
     def _describe(self, request: Any, image: ResolvedImage, outcome: str) -> None:
-        self.metrics.images.labels(outcome).inc()
+        self.stats.images.labels(outcome).inc()
         request.setHeader("X-Talos-Version", image.version)
         request.setHeader("X-Talos-Schematic", image.schematic.id)
         request.setHeader("X-Talos-Cache", outcome)
@@ -293,7 +293,7 @@ class TalosImages:
                     stall_timeout=self.config.client_stall_timeout,
                 )
                 complete = await streamer.start()
-                self.metrics.bytes_sent.inc(streamer.sent)
+                self.stats.bytes_sent.inc(streamer.sent)
                 if not complete:
                     return b""
             if tail:
@@ -331,7 +331,7 @@ class TalosImages:
             stall_timeout=self.config.client_stall_timeout,
         )
         await streamer.start()
-        self.metrics.bytes_sent.inc(streamer.sent)
+        self.stats.bytes_sent.inc(streamer.sent)
         return b""
 
     async def _checksum(self, request: Any, image: ResolvedImage, entry: CacheEntry | None) -> bytes:

@@ -30,12 +30,12 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeAlias, cast
 from urllib.parse import unquote
 
 import zstandard
 from twisted.application import service, strports
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -562,10 +562,15 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
 
 _INTERESTING = ("range", "if-range", "x-request-id", "user-agent", "content-type", "accept-encoding")
 
+# an image: (schematic ID, version, platform, arch, generation, raw size, data fraction)
+_ImageKey: TypeAlias = tuple[str, str, str, str, int, int, float]
+# a compressed body of an image: + (compression, raw bytes per stream)
+_BodyKey: TypeAlias = tuple[str, str, str, str, int, int, float, str, int]
+
 
 @dataclass(frozen=True)
 class _Blob:
-    key: tuple
+    key: _ImageKey
     compression: str
 
 
@@ -617,8 +622,8 @@ class FakeFactory:
         if clock is None:
             from twisted.internet import reactor
 
-            clock = reactor  # type: ignore[assignment]
-        self._clock: IReactorTime = clock  # type: ignore[assignment]
+            clock = reactor
+        self._clock: IReactorTime = clock
         self.versions = list(versions)
         self.image_size = image_size
         self.data_fraction = data_fraction
@@ -628,8 +633,8 @@ class FakeFactory:
         self._failures: dict[str, collections.deque[int]] = {r: collections.deque() for r in ROUTES}
         self._faults: collections.deque[_Fault] = collections.deque()
         self._corrupts: collections.deque[int | None] = collections.deque()
-        self._bodies: dict[tuple, bytes] = {}
-        self._sha256: dict[tuple, str] = {}
+        self._bodies: dict[_BodyKey, bytes] = {}
+        self._sha256: dict[_ImageKey, str] = {}
         self._blobs: dict[str, _Blob] = {}
         self._active: set[_BodyProducer] = set()
         self._pending: dict[IDelayedCall, server.Request] = {}
@@ -674,7 +679,7 @@ class FakeFactory:
             if call.active():
                 call.cancel()
             if request.transport is not None and not getattr(request, "_disconnected", False):
-                request.transport.abortConnection()
+                cast(ITCPTransport, request.transport).abortConnection()  # a socket transport: it can abort
         self._pending.clear()
         for p in list(self._active):
             p.abort()
@@ -689,12 +694,12 @@ class FakeFactory:
     def raw_size(self) -> int:
         return self.image_size
 
-    def _key(self, schematic_id: str, version: str, platform: str, arch: str) -> tuple:
+    def _key(self, schematic_id: str, version: str, platform: str, arch: str) -> _ImageKey:
         v = str(Version.parse(version))
         a = _ARCH_ALIASES.get(arch, arch)
         return (schematic_id, v, platform, a, self.generation, self.image_size, self.data_fraction)
 
-    def _spec(self, key: tuple) -> ImageSpec:
+    def _spec(self, key: _ImageKey) -> ImageSpec:
         schematic_id, v, platform, arch, generation, size, fraction = key
         seed = hashlib.sha256(f"{schematic_id}\0{v}\0{platform}\0{arch}\0{generation}".encode()).digest()
         return ImageSpec(seed, size, _layout(size, fraction))
@@ -724,7 +729,7 @@ class FakeFactory:
             return self.stream_size
         return max(256 * KiB, min(32 * MiB, self.image_size // 4 // (64 * KiB) * (64 * KiB)))
 
-    def _compressed(self, key: tuple, compression: str) -> bytes:
+    def _compressed(self, key: _ImageKey, compression: str) -> bytes:
         ckey = key + (compression, self._stream_size())
         body = self._bodies.get(ckey)
         if body is None:
@@ -742,7 +747,7 @@ class FakeFactory:
                 )
         return body
 
-    def _body(self, key: tuple, compression: str) -> _Body:
+    def _body(self, key: _ImageKey, compression: str) -> _Body:
         if compression == "none":
             return _RawBody(self._spec(key))
         return _BytesBody(self._compressed(key, compression))
@@ -916,7 +921,7 @@ class FakeFactory:
                     request.write(_error(request, 500, "internal error in the fake factory"))
                     request.finish()
                 elif request.transport is not None:
-                    request.transport.abortConnection()
+                    cast(ITCPTransport, request.transport).abortConnection()  # a socket transport: it can abort
 
         def gone(f: Failure) -> None:
             state["gone"] = True
@@ -932,7 +937,7 @@ class FakeFactory:
         else:
             run()
 
-    def _serve_image(self, request: server.Request, key: tuple, compression: str, filename: str, head: bool) -> None:
+    def _serve_image(self, request: server.Request, key: _ImageKey, compression: str, filename: str, head: bool) -> None:
         if self.redirect and not head:
             token = uuid.uuid4().hex
             self._blobs[token] = _Blob(key, compression)
@@ -944,9 +949,9 @@ class FakeFactory:
             request.setResponseCode(302)
             request.setHeader(b"Location", location.encode())
             request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-            body = f'<a href="{location}">Found</a>.\n\n'.encode()
-            request.setHeader(b"Content-Length", b"%d" % len(body))
-            request.write(body)
+            page = f'<a href="{location}">Found</a>.\n\n'.encode()
+            request.setHeader(b"Content-Length", b"%d" % len(page))
+            request.write(page)
             request.finish()
             return
         body = self._body(key, compression)
@@ -1004,7 +1009,7 @@ class _Root(Resource):
         super().__init__()
         self._fake = fake
 
-    def render(self, request: server.Request) -> bytes | int:  # type: ignore[override]
+    def render(self, request: server.Request) -> bytes | int:
         return self._fake._render(request)
 
 
@@ -1045,6 +1050,6 @@ def makeService(options: Options) -> service.MultiService:
     fake.rate_limit = options["rate-limit"]
     fake.redirect = bool(options["redirect"])
     top = service.MultiService()
-    top.fake = fake  # type: ignore[attr-defined]  # for tests and demos
+    top.fake = fake  # type: ignore[attr-defined]  # an ad-hoc attribute, for tests and demos
     strports.service(options["listen"], server.Site(fake.resource())).setServiceParent(top)
     return top
