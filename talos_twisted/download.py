@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any, Callable, TypeAlias, cast
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger

@@ -7,7 +7,7 @@ import pytest_twisted
 
 from talos_twisted.schematic import Overlay, Schematic
 
-from .conftest import MiB, raw_head, sha256
+from .conftest import raw_head, sha256
 
 QGA = Schematic(extensions=("siderolabs/qemu-guest-agent",))
 QGA_ID = "ce4c980550dd2ab1b17bbf2b08801c7eb59418eafe8f279833297925d67c7515"

@@ -1,6 +1,5 @@
 """One download, many clients: coalescing, read-while-writer, backpressure, faults."""
 
-import os
 
 import pytest
 import pytest_twisted
