@@ -588,6 +588,7 @@ class FakeFactory:
     - ``blob_ranges``: ``/blob`` honours one ``Range`` (206, ``Content-Range``, 416) and
       sends ``Accept-Ranges: bytes``; otherwise ``Range`` is ignored. ``/image`` never does.
     - ``generation``: part of the image seed; bump it to simulate a non-reproducible rebuild.
+    - ``reproducible``: when False, every image GET after the first bumps ``generation``.
     - ``stream_size``: raw bytes per xz stream / zstd frame (default: size/4, clamped to
       256 KiB..32 MiB).
     - ``fail_next(n, status, route)``: the next ``n`` requests of ``route`` answer ``status``
@@ -610,6 +611,7 @@ class FakeFactory:
     redirect: bool = False
     blob_ranges: bool = True
     generation: int = 0
+    reproducible: bool = True  # False: every image GET after the first is a new build (new generation)
     stream_size: int | None = None  # raw bytes per xz stream / zstd frame; None = auto
 
     def __init__(
@@ -873,6 +875,8 @@ class FakeFactory:
         return text.encode()
 
     def _get_image(self, request: server.Request, sid: str, vtext: str, path: str, head: bool) -> bytes | int:
+        if not head and not self.reproducible and self.counts["image_get"] > 0:
+            self.generation += 1  # the real factory's builds are not guaranteed reproducible
         self.counts["image_head" if head else "image_get"] += 1
         status = self._take_failure("image")
         if status is not None:
