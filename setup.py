@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="talos-images",
@@ -7,7 +7,8 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["talos_twisted", "talos_twisted.testing", "twisted.plugins"],
+    # twisted/plugins has no __init__.py (a namespace shared with Twisted): listed by hand
+    packages=find_packages(include=["talos_twisted", "talos_twisted.*"]) + ["twisted.plugins"],
     install_requires=[
         "incremental>=24.7",
         "twisted>=24.7",
