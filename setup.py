@@ -28,6 +28,7 @@ setup(
             "mypy==2.4.1",
             "mypy-zope==1.0.17",
             "types-PyYAML",
+            "hypothesis>=6",
         ],
     },
     include_package_data=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar, cast
 
@@ -21,21 +22,36 @@ from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IResponse
 
 from talos_twisted.catalog import Catalog
+from talos_twisted.errors import (
+    TalosError, UpstreamError, UpstreamFailing, UpstreamNotFound, UpstreamTimeout, UpstreamUnreachable,
+)
 from talos_twisted.metastore import MetadataStore
+from talos_twisted.observe import OneShot
 from talos_twisted.schematic import Schematic
 
 _T = TypeVar("_T")
 
+# --- the factory's URL layout (only here) -------------------------------------------------
 
-class UpstreamError(Exception):
-    """A factory call that failed, with the status our client gets for it."""
+COMPRESSION_SUFFIX = {"xz": ".xz", "zst": ".zst", "none": ""}
 
-    def __init__(self, status: int, message: str, retry_after: int | None = None, retryable: bool = False):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after
-        self.retryable = retryable
+
+def image_path(schematic_id: str, version: str, platform: str, arch: str, compression: str) -> str:
+    """The factory's path of a disk image: ``/image/{id}/{version}/{platform}-{arch}.raw[.xz|.zst]``."""
+    return f"/image/{schematic_id}/{version}/{platform}-{arch}.raw{COMPRESSION_SUFFIX[compression]}"
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$", re.ASCII)
+
+
+def content_range(response: IResponse) -> tuple[int | None, int | None]:
+    """(first byte, total) of a 206's Content-Range; None for what it does not say."""
+    raw = (response.headers.getRawHeaders(b"content-range") or [b""])[0]
+    m = _CONTENT_RANGE.match(raw.decode("latin-1").strip())
+    if m is None or len(raw) > 80:
+        return None, None
+    return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
+
 
 
 @dataclass(frozen=True)
@@ -54,9 +70,9 @@ def _first_line(body: bytes) -> str:
     return text[0][:200] if text else ""
 
 
-def classify(failure_value: BaseException, what: str, timeout: float | None = None) -> UpstreamError:
-    """Map a transport-level failure of an upstream call to the error our client sees."""
-    if isinstance(failure_value, UpstreamError):
+def as_talos_error(failure_value: BaseException, what: str, timeout: float | None = None) -> TalosError:
+    """What a failed upstream call means to our clients (our own errors pass through)."""
+    if isinstance(failure_value, TalosError):
         return failure_value
     if isinstance(failure_value, (ResponseFailed, ResponseNeverReceived)):
         # a timeout cancels the request; the agent reports it wrapped in these
@@ -65,23 +81,23 @@ def classify(failure_value: BaseException, what: str, timeout: float | None = No
             failure_value = CancelledError()
     if isinstance(failure_value, (CancelledError, TxTimeoutError)):
         t = f" within {timeout:g}s" if timeout else ""
-        return UpstreamError(504, f"the image factory did not answer {what}{t}", retryable=True)
+        return UpstreamTimeout(f"the image factory did not answer {what}{t}", retryable=True)
     if isinstance(failure_value, (ConnectError, DNSLookupError)):
-        return UpstreamError(503, f"the image factory is unreachable ({what})", retry_after=30, retryable=True)
+        return UpstreamUnreachable(f"the image factory is unreachable ({what})", retryable=True)
     if isinstance(failure_value, (ResponseFailed, ResponseNeverReceived)):
-        return UpstreamError(502, f"the image factory broke off the connection ({what})", retryable=True)
-    return UpstreamError(502, f"the image factory call failed ({what}: {type(failure_value).__name__})", retryable=True)
+        return UpstreamError(f"the image factory broke off the connection ({what})", retryable=True)
+    return UpstreamError(f"the image factory call failed ({what}: {type(failure_value).__name__})", retryable=True)
 
 
 def status_error(code: int, body: bytes, what: str) -> UpstreamError:
     detail = _first_line(body)
     msg = f"the image factory answered {code} to {what}" + (f": {detail}" if detail else "")
     if code == 404:
-        return UpstreamError(404, msg)
+        return UpstreamNotFound(msg)
     if code == 429 or code >= 500:
         # the factory is failing or overloaded: a retry later may well succeed
-        return UpstreamError(503, msg, retry_after=30, retryable=True)
-    return UpstreamError(502, msg)
+        return UpstreamFailing(msg, retryable=True)
+    return UpstreamError(msg)
 
 
 class FactoryClient:
@@ -109,7 +125,7 @@ class FactoryClient:
         self._retry = retry
         self._rng = rng or random.Random()
         self._memo: dict[str, tuple[float, Any]] = {}
-        self._inflight: dict[str, list[Deferred[Any]]] = {}
+        self._inflight: dict[str, OneShot[Any]] = {}
         self._schematics: set[str] = set()
 
     # --- retries ---------------------------------------------------------------------
@@ -127,8 +143,8 @@ class FactoryClient:
             try:
                 return await call()
             except Exception as e:
-                err = classify(e, what, self._timeout)
-                if not err.retryable or attempt + 1 >= self._retry.attempts:
+                err = as_talos_error(e, what, self._timeout)
+                if not (isinstance(err, UpstreamError) and err.retryable) or attempt + 1 >= self._retry.attempts:
                     raise err from None
                 delay = self._retry.delay(attempt, self._rng)
                 self.log.info(
@@ -148,28 +164,24 @@ class FactoryClient:
             try:
                 return json.loads(body)
             except ValueError:
-                raise UpstreamError(502, f"the image factory answered {what} with invalid JSON") from None
+                raise UpstreamError(f"the image factory answered {what} with invalid JSON") from None
 
         return await self._with_retries(what, once)
 
     # --- memoised metadata -----------------------------------------------------------
 
     def _single_flight(self, name: str, fetch: Callable[[], Coroutine[Any, Any, _T]]) -> Deferred[_T]:
-        waiters = self._inflight.get(name)
-        if waiters is None:
-            waiters = self._inflight[name] = []
+        event = self._inflight.get(name)
+        if event is None:
+            event = self._inflight[name] = OneShot()
 
             def deliver(result: _T | Failure) -> None:
                 del self._inflight[name]
-                for waiter in waiters:
-                    if not waiter.called:
-                        waiter.callback(result)
+                event.fire(result)
 
             Deferred.fromCoroutine(fetch()).addBoth(deliver)
         # each caller gets its own Deferred: cancelling one (client gone) must not cancel the fetch
-        mine: Deferred[_T] = Deferred()
-        waiters.append(mine)
-        return mine
+        return cast(Deferred[_T], event.when())
 
     async def _cached(self, name: str, fetch: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         now = self._clock.seconds()
@@ -180,7 +192,7 @@ class FactoryClient:
         try:
             value = await self._single_flight(name, fetch)
         except UpstreamError as e:
-            if e.status == 404:
+            if isinstance(e, UpstreamNotFound):
                 raise
             stale = hit[1] if hit is not None else (self._store.load(name) if self._store else None)
             if stale is None:
@@ -205,7 +217,7 @@ class FactoryClient:
         async def fetch() -> list[str]:
             value = await self._get_json("/versions")
             if not isinstance(value, list):
-                raise UpstreamError(502, "the image factory answered GET /versions with something else than a list")
+                raise UpstreamError("the image factory answered GET /versions with something else than a list")
             return [v for v in value if isinstance(v, str)]
 
         return await self._cached("versions", fetch)
@@ -215,7 +227,7 @@ class FactoryClient:
             exts = await self._get_json(f"/version/{version}/extensions/official")
             ovs = await self._get_json(f"/version/{version}/overlays/official")
             if not isinstance(exts, list) or not isinstance(ovs, list):
-                raise UpstreamError(502, f"the image factory answered a catalog of {version} with something else than a list")
+                raise UpstreamError(f"the image factory answered a catalog of {version} with something else than a list")
             return {"extensions": exts, "overlays": ovs}
 
         doc = await self._cached(f"catalog-{version}", fetch)
@@ -245,9 +257,9 @@ class FactoryClient:
             try:
                 remote = json.loads(body)["id"]
             except (ValueError, KeyError, TypeError):
-                raise UpstreamError(502, f"the image factory answered {what} without a schematic id") from None
+                raise UpstreamError(f"the image factory answered {what} without a schematic id") from None
             if not isinstance(remote, str):
-                raise UpstreamError(502, f"the image factory answered {what} with a malformed schematic id")
+                raise UpstreamError(f"the image factory answered {what} with a malformed schematic id")
             return remote
 
         remote = await self._with_retries(what, once)
@@ -275,10 +287,10 @@ class FactoryClient:
 
         try:
             return await self._with_retries(what, once)
-        except UpstreamError as e:
-            if e.status == 504:
-                e.message = f"the image factory did not start sending {path} within {self._build_timeout:g}s"
-            raise
+        except UpstreamTimeout:
+            raise UpstreamTimeout(
+                f"the image factory did not start sending {path} within {self._build_timeout:g}s"
+            ) from None
 
     async def open_range(self, url: bytes, offset: int) -> IResponse:
         """GET `url` (where an earlier download was redirected) from `offset` on, unbuffered.

@@ -23,9 +23,10 @@ from twisted.logger import Logger
 
 from talos_twisted.cache import CacheStore
 from talos_twisted.config import PrefetchImage
-from talos_twisted.download import Downloads
-from talos_twisted.factory import UpstreamError
-from talos_twisted.request import BadRequest, ImageKey, ImageRequest, NotFound, parse_image_request
+from talos_twisted.downloads import Downloads
+from talos_twisted.errors import TalosError
+from talos_twisted.observe import OneShot
+from talos_twisted.request import ImageKey, ImageRequest, parse_image_request
 from talos_twisted.resolver import ImageResolver
 
 # outcomes of one item in a round
@@ -115,8 +116,8 @@ class Prefetcher:
         name = describe(item)
         try:
             image = await self._resolver.resolve(image_request(item, self._platforms))
-        except (UpstreamError, NotFound, BadRequest) as e:
-            message = e.message if isinstance(e, UpstreamError) else str(e)
+        except TalosError as e:
+            message = e.message
             self.log.warn("prefetch of {item} failed: {error}", item=name, error=message)
             return Outcome(item, FAILED, error=message)
         except CancelledError:
@@ -148,7 +149,8 @@ class PrefetchService(service.Service):
         self._clock = clock
         self._loop: LoopingCall | None = None
         self._round: Deferred[None] | None = None
-        self._idle_waiters: list[Deferred[None]] = []
+        self._idle: OneShot[None] = OneShot()
+        self._idle.fire(None)
         self.rounds = 0  # rounds finished (successfully or not)
 
     @staticmethod
@@ -177,6 +179,7 @@ class PrefetchService(service.Service):
         if self._round is not None:  # one round at a time (run_now may have started one)
             return self.idle()
         d = self._round = Deferred.fromCoroutine(self.prefetcher.run_round())
+        self._idle = OneShot()
 
         def failed(f: Any) -> None:
             if not f.check(CancelledError):
@@ -185,9 +188,7 @@ class PrefetchService(service.Service):
         def done(_: Any) -> None:
             self._round = None
             self.rounds += 1
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for w in waiters:
-                w.callback(None)
+            self._idle.fire(None)
 
         d.addCallbacks(lambda _: None, failed)
         d.addBoth(done)
@@ -195,12 +196,7 @@ class PrefetchService(service.Service):
 
     def idle(self) -> Deferred[None]:
         """A new Deferred firing once no round is running (at once if none is)."""
-        d: Deferred[None] = Deferred()
-        if self._round is None:
-            d.callback(None)
-        else:
-            self._idle_waiters.append(d)
-        return d
+        return self._idle.when()
 
     def run_now(self) -> Deferred[None]:
         """Run a round now (tests, operators), unless one is running: then wait for it."""

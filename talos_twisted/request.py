@@ -6,24 +6,16 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from talos_twisted.errors import BadRequest, NotFound
 from talos_twisted.schematic import Schematic
 from talos_twisted.versions import InvalidVersion, Version
 
 ARCHES = ("amd64", "arm64")
 QUERY_KEYS = ("extensions", "overlay", "overlays")
-COMPRESSION_SUFFIX = {"xz": ".xz", "zst": ".zst", "none": ""}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _PLATFORM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _MAX_EXTENSIONS = 64
-
-
-class BadRequest(ValueError):
-    """Input that can never name an image: answered 400 with this message."""
-
-
-class NotFound(LookupError):
-    """Well-formed input naming something that does not exist: answered 404."""
 
 
 @dataclass(frozen=True)
@@ -120,9 +112,6 @@ class ResolvedImage:
     @property
     def key(self) -> ImageKey:
         return ImageKey(self.version, self.arch, self.schematic.id, self.platform)
-
-    def factory_path(self, compression: str) -> str:
-        return f"/image/{self.schematic.id}/{self.version}/{self.platform}-{self.arch}.raw{COMPRESSION_SUFFIX[compression]}"
 
     @property
     def filename(self) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from talos_twisted.catalog import UnknownName
-from talos_twisted.factory import FactoryClient, UpstreamError
-from talos_twisted.request import ImageRequest, NotFound, ResolvedImage
+from talos_twisted.errors import NotFound, UpstreamError
+from talos_twisted.factory import FactoryClient
+from talos_twisted.request import ImageRequest, ResolvedImage
 from talos_twisted.schematic import Overlay, Schematic
 from talos_twisted.versions import newest_stable, parse_version_list
 
@@ -19,7 +20,7 @@ class ImageResolver:
         if spec == "latest":
             newest = newest_stable(versions)
             if newest is None:
-                raise UpstreamError(502, "the image factory lists no stable Talos version")
+                raise UpstreamError("the image factory lists no stable Talos version")
             return str(newest)
         if spec not in {str(v) for v in versions}:
             raise NotFound(f"Talos version {spec} is not available from the image factory")

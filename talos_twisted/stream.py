@@ -1,106 +1,105 @@
-"""Send a file, or a download's growing file, to one client at the client's own pace.
+"""Send parts of a file, or of a download's growing file, to one client at its own pace.
 
-A push producer per client: the transport pauses it when the socket buffer is full and
-resumes it when drained; while caught up with a download it waits for the download's
-next progress. It ends cleanly on completion and aborts the connection on failure so a
-truncated image never looks complete.
+One push producer per response sends every part (a whole file, one range, or the parts of
+a multipart answer with their boundary lines): the transport pauses it when the socket
+buffer is full and resumes it when drained; while caught up with a download it waits for
+the download's next progress. It ends cleanly on completion and aborts the connection on
+failure, so a truncated image never looks complete.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Protocol as TypingProtocol
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable, Protocol as TypingProtocol, Sequence
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
-
-if TYPE_CHECKING:
-    from talos_twisted.download import Download
 
 # 256 KiB: per-call overhead dominated at 64 KiB (bench/hits.py: 0.58 -> 0.76 of nginx)
 CHUNK = 256 * 1024
 
 
+class SourceState(Enum):
+    GROWING = "growing"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
 class Source(TypingProtocol):
-    """What a producer reads: bytes [0, available) are in `fd`'s file."""
+    """What a producer reads: bytes [0, available()) of the file `open()` gives."""
 
     def available(self) -> int: ...
-    def state(self) -> str: ...  # "growing", "complete" or "failed"
-    def subscribe(self, listener: Any) -> None: ...
-    def unsubscribe(self, listener: Any) -> None: ...
+    def state(self) -> SourceState: ...
+    def open(self) -> int: ...  # a new fd, owned by the caller
+    def subscribe(self, listener: Callable[[], None]) -> None: ...
+    def unsubscribe(self, listener: Callable[[], None]) -> None: ...
 
 
 class FileSource:
     """A complete file of known size."""
 
-    def __init__(self, size: int):
+    def __init__(self, path: str, size: int):
+        self._path = path
         self._size = size
 
     def available(self) -> int:
         return self._size
 
-    def state(self) -> str:
-        return "complete"
+    def state(self) -> SourceState:
+        return SourceState.COMPLETE
 
-    def subscribe(self, listener: Any) -> None:
+    def open(self) -> int:
+        return os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
         pass
 
-    def unsubscribe(self, listener: Any) -> None:
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
         pass
 
 
-class DownloadSource:
-    """A download in progress (see talos_twisted.download.Download)."""
+@dataclass(frozen=True)
+class Span:
+    """`prefix`, then the file's bytes [start, end); end None: up to the source's final size."""
 
-    def __init__(self, download: Download):
-        self._download = download
-
-    def available(self) -> int:
-        return self._download.available
-
-    def state(self) -> str:
-        st = self._download.state
-        if st == "committed":
-            return "complete"
-        if st == "failed":
-            return "failed"
-        return "growing"
-
-    def subscribe(self, listener: Any) -> None:
-        self._download.subscribe(listener)
-
-    def unsubscribe(self, listener: Any) -> None:
-        self._download.unsubscribe(listener)
+    start: int
+    end: int | None
+    prefix: bytes = b""
 
 
 @implementer(IPushProducer)
-class FileStreamer:
+class Streamer:
     log = Logger()
 
     def __init__(
         self,
-        request: Any,
+        request: Any,  # twisted.web.server.Request (unannotated in Twisted)
         fd: int,
         source: Source,
         clock: IReactorTime,
-        start: int = 0,
-        end: int | None = None,  # exclusive; None: up to the source's final size
+        spans: Sequence[Span] = (Span(0, None),),
+        trailer: bytes = b"",
         stall_timeout: float = 300.0,
     ):
         self._request = request
         self._fd = fd  # owned: closed when done
         self._source = source
         self._clock = clock
-        self._offset = start
-        self._end = end
+        self._spans = list(spans)
+        self._index = 0
+        self._offset = self._spans[0].start if self._spans else 0
+        self._prefix_sent = False
+        self._trailer = trailer
         self._stall_timeout = stall_timeout
         self._paused = False
         self._finished = False
-        self._stall_call: Any = None
-        self.sent = 0
-        self.done: Deferred[bool] = Deferred()  # fires with True (complete) or False (aborted / gone)
+        self._stall_call: IDelayedCall | None = None
+        self.sent = 0  # file bytes sent
+        self.done: Deferred[bool] = Deferred()  # True: complete; False: aborted or gone
 
     def start(self) -> Deferred[bool]:
         self._request.registerProducer(self, True)
@@ -135,13 +134,21 @@ class FileStreamer:
         )
         self._abort()
 
-    def _limit(self) -> int:
-        avail = self._source.available()
-        return avail if self._end is None else min(avail, self._end)
-
     def _pump(self) -> None:
         while not self._paused and not self._finished:
-            limit = self._limit()
+            if self._index >= len(self._spans):
+                if self._trailer:
+                    self._request.write(self._trailer)
+                self._close(True)  # the request is finished by whoever awaits `done`
+                return
+            span = self._spans[self._index]
+            if not self._prefix_sent:
+                self._prefix_sent = True
+                if span.prefix:
+                    self._request.write(span.prefix)
+                    continue
+            avail = self._source.available()
+            limit = avail if span.end is None else min(avail, span.end)
             if self._offset < limit:
                 want = min(CHUNK, limit - self._offset)
                 data = os.pread(self._fd, want, self._offset)
@@ -157,15 +164,19 @@ class FileStreamer:
                 self._request.write(data)
                 continue
             state = self._source.state()
-            if state == "failed":
+            if state == SourceState.FAILED:
                 self._abort()
-            elif state == "complete" and (self._end is None or self._offset >= self._end):
-                self._complete()
+                return
+            if state == SourceState.COMPLETE and (span.end is None or self._offset >= span.end):
+                self._next_span()
+                continue
             return  # caught up with a growing file: the next progress event calls _pump
 
-    def _complete(self) -> None:
-        # the request is finished by whoever awaits `done` (the route handler)
-        self._close(True)
+    def _next_span(self) -> None:
+        self._index += 1
+        self._prefix_sent = False
+        if self._index < len(self._spans):
+            self._offset = self._spans[self._index].start
 
     def _abort(self) -> None:
         # no final chunk: the client must see a truncated transfer, never a clean end. Abort

@@ -15,7 +15,8 @@ from twisted.web.server import Site
 
 from talos_twisted.cache import CacheStore
 from talos_twisted.config import Config, ConfigError, load_config
-from talos_twisted.download import Download, Downloads
+from talos_twisted.download import Download, DownloadContext
+from talos_twisted.downloads import Downloads
 from talos_twisted.factory import FactoryClient
 from talos_twisted.metastore import MetadataStore
 from talos_twisted.prefetch import PrefetchService, Prefetcher
@@ -119,15 +120,11 @@ def build(config: Config, reactor: Any) -> tuple[service.MultiService, TalosImag
         metadata_timeout=talos.metadata_timeout,
         build_timeout=talos.build_timeout,
     )
-    slots = DeferredSemaphore(talos.max_downloads)
-
-    def make(image: Any) -> Download:
-        return Download(
-            image, reactor=reactor, pool=io_pool, cache=cache, factory=factory,
-            compression=talos.compression, idle_timeout=talos.idle_timeout, slots=slots,
-        )
-
-    downloads = Downloads(make)
+    ctx = DownloadContext(
+        reactor=reactor, pool=io_pool, cache=cache, factory=factory, compression=talos.compression,
+        idle_timeout=talos.idle_timeout, slots=DeferredSemaphore(talos.max_downloads),
+    )
+    downloads = Downloads(lambda image: Download(image, ctx), cache, reactor)
     DownloadsService(downloads).setServiceParent(top)
     app = TalosImages(talos, factory=factory, cache=cache, downloads=downloads, clock=reactor)
     if talos.prefetch and talos.enabled:

@@ -152,7 +152,7 @@ async def test_head_hit_has_full_headers_and_miss_warms_the_cache(stack):
     assert status == 200 and "content-length" not in headers
     assert headers["x-talos-cache"] == "MISS"
     [download] = stack.app.downloads.active()
-    await download.completed(30)
+    await download.ended.when()
     status, headers = await raw_head(stack, url)
     assert status == 200 and headers["x-talos-cache"] == "HIT"
     assert headers["content-length"] == str(len(stack.expected(QGA_ID)))

@@ -157,7 +157,7 @@ async def test_an_image_downloading_is_joined_not_started_again(stack):
     await svc.idle()
     # resumed in the same turn as the round's end: its download cannot have finished yet
     [download] = stack.app.downloads.active()
-    assert not download.ended
+    assert not download.ended.fired
     outcomes = await svc.prefetcher.run_round()  # metadata is fresh: runs without waiting
     assert [o.status for o in outcomes] == [DOWNLOADING]
     await stack.app.downloads.quiesce()

@@ -50,7 +50,7 @@ async def test_clients_read_while_the_download_runs(stack):
     client = await connect(stack, RawClient(raw_request(stack)))
     await client.got_some
     [download] = stack.app.downloads.active()
-    assert download.state == "streaming", "the first byte must not wait for the whole download"
+    assert download.state.value == "streaming", "the first byte must not wait for the whole download"
     await client.closed
     head, body = client.split()
     data, complete = dechunk(body)
@@ -66,8 +66,8 @@ async def test_a_stalled_client_does_not_hold_back_a_fast_one(stack):
     [download] = stack.app.downloads.active()
     resp, body = await stack.get(stack.image_url())
     assert body == stack.expected(EMPTY_ID)
-    await download.completed(60)
-    assert download.state == "committed"
+    await download.ended.when()
+    assert download.state.value == "committed"
     assert len(slow.data) < 48 * MiB, "the slow client must be held back by its own socket"
     slow.resume()
     await slow.closed
@@ -84,8 +84,8 @@ async def test_a_client_that_disconnects_does_not_stop_the_download(stack):
     [download] = stack.app.downloads.active()
     client.transport.loseConnection()
     await client.closed
-    assert await download.completed(60)
-    assert download.state == "committed"
+    await download.ended.when()
+    assert download.state.value == "committed"
     resp, body = await stack.get(stack.image_url())
     assert resp.headers.getRawHeaders("X-Talos-Cache") == ["HIT"] and body == stack.expected(EMPTY_ID)
     assert stack.fake.counts["image_get"] == 1
@@ -124,7 +124,8 @@ async def test_first_byte_timeout_then_served_later(stack):
     resp, body = await stack.get(stack.image_url())
     assert resp.code == 503 and resp.headers.getRawHeaders("Retry-After") == ["30"]
     [download] = stack.app.downloads.active()
-    assert await download.completed(30) and download.state == "committed"
+    await download.ended.when()
+    assert download.state.value == "committed"
     resp, body = await stack.get(stack.image_url())
     assert resp.code == 200 and body == stack.expected(EMPTY_ID)
     assert stack.fake.counts["image_get"] == 1
@@ -169,7 +170,8 @@ async def test_a_stalled_client_is_aborted_and_the_download_completes(stack):
     assert not slow.reason.check(ConnectionDone)
     _, complete = dechunk(slow.split()[1])
     assert not complete
-    assert await download.completed(60) and download.state == "committed"
+    await download.ended.when()
+    assert download.state.value == "committed"
 
 
 @pytest.mark.stack(checksum_wait=0.3)
@@ -179,7 +181,7 @@ async def test_checksum_of_a_slow_download_is_503_then_served(stack):
     resp, body = await stack.get(stack.image_url(checksum=True))
     assert resp.code == 503 and resp.headers.getRawHeaders("Retry-After") == ["30"]
     [download] = stack.app.downloads.active()
-    await download.completed(30)
+    await download.ended.when()
     resp, text = await stack.get(stack.image_url(checksum=True))
     _, body = await stack.get(stack.image_url())
     assert text.decode() == f"{sha256(body)}  openstack.raw\n"

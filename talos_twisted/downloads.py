@@ -1,0 +1,184 @@
+"""The seam between routes and transfers: follow an image, get a hit or a live source.
+
+`Downloads.follow(image, need, timeout)` answers with a `Hit` (a complete cache entry) or
+a `Live` source to stream from a download in progress, starting (or joining) the one
+download of that image; it raises a `TalosError` for anything else. Routes never look at
+a download's fields: images and `.sha256` files ask the same question with a different
+`need`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from talos_twisted.cache import CacheEntry, CacheStore
+from talos_twisted.download import Download
+from talos_twisted.errors import TalosError, TooLarge, Unavailable
+from talos_twisted.observe import within
+from talos_twisted.request import ImageKey, ResolvedImage
+from talos_twisted.stream import SourceState
+from talos_twisted.transfer import State
+
+RETRY_AFTER = 30
+
+
+class Need(Enum):
+    NOTHING = "nothing"  # HEAD: start the download, wait for nothing
+    FIRST_BYTE = "first byte"  # a GET streams from the first byte on
+    COMPLETE = "complete"  # the .sha256 needs the whole image
+
+
+@dataclass(frozen=True)
+class Hit:
+    entry: CacheEntry
+    outcome: str = "HIT"  # or MISS / JOIN when the download completed while we waited
+
+
+class LiveSource:
+    """A download in progress, as a stream's `Source` (see `talos_twisted.stream`)."""
+
+    def __init__(self, download: Download):
+        self._download = download
+
+    def available(self) -> int:
+        return self._download.available
+
+    def state(self) -> SourceState:
+        st = self._download.state
+        if st == State.COMMITTED:
+            return SourceState.COMPLETE
+        if st == State.FAILED:
+            return SourceState.FAILED
+        return SourceState.GROWING
+
+    def open(self) -> int:
+        fd = self._download.fd
+        if fd is None:
+            raise Unavailable("the download ended before this client could follow it; retry", retry_after=1)
+        return os.dup(fd)
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._download.subscribe(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        self._download.unsubscribe(listener)
+
+
+@dataclass(frozen=True)
+class Live:
+    source: LiveSource
+    outcome: str  # MISS (this request started the download) or JOIN
+
+
+class Downloads:
+    """The registry of in-flight downloads: at most one per cache key."""
+
+    log = Logger()
+
+    def __init__(self, make: Callable[[ResolvedImage], Download], cache: CacheStore, clock: IReactorTime):
+        self._make = make
+        self._cache = cache
+        self._clock = clock
+        self._active: dict[ImageKey, Download] = {}
+        self._unsettled: set[Download] = set()
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    def active(self) -> list[Download]:
+        return list(self._active.values())
+
+    def describe(self) -> list[dict[str, object]]:
+        return [
+            {"key": str(d.key), "state": d.state.value, "bytes": d.available, "compressed_bytes": d.machine.received}
+            for d in self._active.values()
+        ]
+
+    def get_or_start(self, image: ResolvedImage) -> tuple[Download, bool]:
+        """The download of `image`, and whether it was already running (a JOIN)."""
+        existing = self._active.get(image.key)
+        if existing is not None and not existing.machine.ended:
+            return existing, True
+        download = self._make(image)
+        self._active[image.key] = download
+
+        def forget(_: object) -> None:
+            if self._active.get(download.key) is download:
+                del self._active[download.key]
+
+        download.ended.when().addCallback(forget)
+        self._unsettled.add(download)
+        download.settled.when().addCallback(lambda _: self._unsettled.discard(download))
+        download.start().addErrback(lambda f: self.log.failure("download crashed", f))
+        return download, False
+
+    def _queued_ahead(self, download: Download) -> int:
+        ahead = 0
+        for other in self._active.values():  # dicts keep insertion order: start order
+            if other is download:
+                break
+            if other.state == State.QUEUED:
+                ahead += 1
+        return ahead
+
+    async def follow(self, image: ResolvedImage, need: Need, timeout: float | None) -> Hit | Live:
+        """A hit, or the live download of `image` once `need` holds (within `timeout`)."""
+        entry = self._cache.get(image.key)
+        if entry is not None:
+            return Hit(entry)
+        download, joined = self.get_or_start(image)
+        outcome = "JOIN" if joined else "MISS"
+        if need is Need.NOTHING:
+            return Live(LiveSource(download), outcome)
+        event = download.first_data if need is Need.FIRST_BYTE else download.ended
+        await within(event, timeout, self._clock)
+        state = download.state
+        if state == State.FAILED:
+            assert download.error is not None
+            raise download.error
+        if state == State.COMMITTED:
+            if download.entry is None:
+                what = "no checksum can describe it" if need is Need.COMPLETE else "it was not kept; retry later"
+                raise TooLarge(f"the image is larger than the cache (max_cache_size), so {what}")
+            return Hit(download.entry, outcome)
+        raise_waiting(download, need, timeout, self._queued_ahead(download))
+        return Live(LiveSource(download), outcome)
+
+    def quiesce(self) -> Deferred[list[None]]:
+        """Fires once every download started so far has settled (tests, shutdown)."""
+        return gatherResults([d.settled.when() for d in list(self._unsettled)])
+
+    def stop(self) -> Deferred[list[None]]:
+        """Abort every running download (daemon shutdown) and wait until they have settled."""
+        for download in list(self._active.values()):
+            download.cancel(Unavailable("the server is shutting down"))
+        return self.quiesce()
+
+
+def raise_waiting(download: Download, need: Need, timeout: float | None, ahead: int) -> None:
+    """Raise the 503 for a download that is not yet where `need` wants it; else return."""
+    waited = f"{timeout or 0:g}s"
+    if download.state == State.QUEUED:
+        raise Unavailable(
+            f"waiting for a download slot: {ahead} ahead (max_downloads); the download will start, retry later",
+            retry_after=RETRY_AFTER,
+        )
+    if need is Need.COMPLETE:
+        raise Unavailable(
+            f"the image is still being downloaded (not complete after {waited}); retry later", retry_after=RETRY_AFTER
+        )
+    if download.available == 0:
+        raise Unavailable(
+            f"the image factory is still building this image (no data after {waited}); the download goes on, retry later",
+            retry_after=RETRY_AFTER,
+        )
+
+
+__all__ = ["Downloads", "Hit", "Live", "LiveSource", "Need", "TalosError"]

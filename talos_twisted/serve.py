@@ -1,0 +1,84 @@
+"""Serving a complete cached file: validators, conditional requests, ranges, one producer.
+
+The response plan (status, headers, the spans of the body) is pure
+(`talos_twisted.http_ranges.plan_response`); this module applies it to a request and
+hands every span to one `Streamer`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.http import datetimeToString
+
+from talos_twisted.cache import CacheEntry, CacheStore
+from talos_twisted.errors import TalosError, Unavailable
+from talos_twisted.http_ranges import plan_response
+from talos_twisted.stream import FileSource, Span, Streamer
+
+
+class RangeNotSatisfiable(TalosError):
+    status = 416
+
+
+def _header(request: Any, name: bytes) -> str | None:
+    raw = request.requestHeaders.getRawHeaders(name)
+    # latin-1 maps every byte to a character: any header value can be looked at
+    return raw[0].decode("latin-1") if raw else None
+
+
+async def serve_entry(
+    request: Any,  # twisted.web.server.Request
+    entry: CacheEntry,
+    *,
+    cache: CacheStore,
+    clock: IReactorTime,
+    stall_timeout: float,
+    max_ranges: int = 16,
+) -> int:
+    """Answer `request` from `entry`; returns the file bytes sent."""
+    size = entry.size
+    request.setHeader("Accept-Ranges", "bytes")
+    request.setHeader("ETag", entry.etag)
+    request.setHeader("Last-Modified", datetimeToString(int(entry.created)))
+    plan = plan_response(
+        method=request.method.decode("latin-1"),
+        size=size,
+        etag=entry.etag,
+        mtime=entry.created,
+        range_header=_header(request, b"range"),
+        if_range=_header(request, b"if-range"),
+        if_none_match=_header(request, b"if-none-match"),
+        if_modified_since=_header(request, b"if-modified-since"),
+        if_match=_header(request, b"if-match"),
+        if_unmodified_since=_header(request, b"if-unmodified-since"),
+        max_ranges=max_ranges,
+        boundary=uuid.uuid4().hex,
+    )
+    if plan.status == 416:
+        request.setHeader("Content-Range", f"bytes */{size}")
+        raise RangeNotSatisfiable(f"the requested range is not within the image's {size} bytes")
+    if plan.status == 412:
+        request.setResponseCode(412)
+        return 0
+    request.setResponseCode(plan.status)
+    for name, value in plan.headers:
+        request.setHeader(name, value)
+    if plan.status == 304 or request.method == b"HEAD":
+        return 0
+    source = FileSource(entry.path, size)
+    try:
+        fd = source.open()
+    except OSError:
+        cache.remove(entry.key)
+        raise Unavailable("the cached image vanished; try again", retry_after=1) from None
+    cache.pin(entry.key)
+    try:
+        spans = [Span(p.start, p.end, p.prefix) for p in plan.parts]
+        streamer = Streamer(request, fd, source, clock, spans, plan.trailer, stall_timeout=stall_timeout)
+        await streamer.start()
+        return streamer.sent
+    finally:
+        cache.unpin(entry.key)

@@ -1,0 +1,421 @@
+"""The decisions of one download, without I/O: a state machine of inputs and effects.
+
+`Transfer` is told what happened (a response opened, body bytes, the end of the body, a
+batch written, a timeout, a failure...) and answers with the effects to carry out (pause
+or resume the upstream, write a batch, schedule a resume, commit, fail). It never touches
+a socket, a file, a thread or a clock: `talos_twisted.download` is the thin adapter that
+carries the effects out and feeds their results back. Every path can therefore be tested
+by a table of inputs and expected effects (`tests/test_transfer.py`).
+
+Bodies are tagged with the attempt (`generation`) they belong to: whatever an abandoned
+response still delivers after a resume is ignored.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import TypeAlias
+
+from talos_twisted.errors import TalosError, UpstreamError
+
+HIGH_WATER = 4 * 1024 * 1024  # queued upstream bytes before the upstream is paused
+LOW_WATER = 1 * 1024 * 1024  # ... and resumed
+MAX_BATCH = 1 * 1024 * 1024  # bytes handed to the writer thread at once
+
+
+class State(Enum):
+    QUEUED = "queued"  # waiting for a download slot (max_downloads)
+    CONNECTING = "connecting"  # schematic, request sent, the factory builds
+    STREAMING = "streaming"  # the body arrives
+    RESUMING = "resuming"  # the body broke off: waiting for, or opening, a resume
+    FINISHING = "finishing"  # the whole body arrived: the writer drains, checks, commits
+    COMMITTED = "committed"
+    FAILED = "failed"
+
+
+ENDED = (State.COMMITTED, State.FAILED)
+
+
+# --- effects --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attach:
+    """Take the body of the response just opened; it starts at compressed `offset`."""
+
+    generation: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class PauseUpstream:
+    pass
+
+
+@dataclass(frozen=True)
+class ResumeUpstream:
+    pass
+
+
+@dataclass(frozen=True)
+class StopUpstream:
+    """Abandon the current response's body."""
+
+
+@dataclass(frozen=True)
+class ArmIdle:
+    """Start, or restart, the idle timer."""
+
+
+@dataclass(frozen=True)
+class DisarmIdle:
+    pass
+
+
+@dataclass(frozen=True)
+class Write:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Decode from byte 0 again with a new decoder, verifying the bytes already written."""
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Check the stream's integrity and make the file durable."""
+
+
+@dataclass(frozen=True)
+class ScheduleResume:
+    delay: float
+    attempt: int  # 1 for the first resume
+    why: str
+
+
+@dataclass(frozen=True)
+class CancelResume:
+    pass
+
+
+@dataclass(frozen=True)
+class OpenRange:
+    """Resume with `Range: bytes={offset}-` where the first response was redirected."""
+
+    offset: int
+
+
+@dataclass(frozen=True)
+class OpenFresh:
+    """Resume by requesting the whole image again."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    available: int  # decompressed bytes readable from the temp file
+
+
+@dataclass(frozen=True)
+class Commit:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Committed:
+    pass
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: TalosError
+
+
+@dataclass(frozen=True)
+class Discard:
+    """Close the temp file and remove it: the writer thread is done with it."""
+
+
+@dataclass(frozen=True)
+class ReleaseSlot:
+    pass
+
+
+@dataclass(frozen=True)
+class Settled:
+    """Ended, and nothing of the download is left open: no thread holds the file."""
+
+
+Effect: TypeAlias = (
+    Attach | PauseUpstream | ResumeUpstream | StopUpstream | ArmIdle | DisarmIdle | Write | Restart | Finish
+    | ScheduleResume | CancelResume | OpenRange | OpenFresh | Progress | Commit | Committed | Failed | Discard
+    | ReleaseSlot | Settled
+)
+
+
+class _RestartMark:
+    """In the queue: the bytes after this belong to a new download from byte 0."""
+
+
+_RESTART = _RestartMark()
+
+
+# --- policy ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResumePolicy:
+    """How often a broken body is resumed, and how long to wait between attempts."""
+
+    max_resumes: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        # exponential backoff with full jitter, so resuming daemons do not synchronise
+        return rng.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
+
+
+# --- the machine ------------------------------------------------------------------------
+
+
+class Transfer:
+    def __init__(self, policy: ResumePolicy = ResumePolicy(), rng: random.Random | None = None, queued: bool = False):
+        self.policy = policy
+        self._rng = rng or random.Random()
+        self.state = State.QUEUED if queued else State.CONNECTING
+        self.error: TalosError | None = None
+        self.generation = 0  # the attempt whose body is current
+        self.received = 0  # compressed offset reached
+        self.available = 0  # decompressed bytes written
+        self.resumes = 0
+        self._expected_end: int | None = None
+        self._range_resumable = False
+        self._queue: deque[bytes | _RestartMark] = deque()
+        self._queued = 0
+        self._writer_busy = False
+        self._paused = False
+        self._eof = False  # the current body ended cleanly
+        self._holding_slot = False
+        self._has_file = False  # a temp file exists (after the first response)
+        self._why = ""  # what interrupted the body last
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    # --- inputs: the slot and the first response -------------------------------------
+
+    def slot_acquired(self) -> list[Effect]:
+        if self.ended:
+            return [ReleaseSlot()]  # cancelled while queued
+        self._holding_slot = True
+        self.state = State.CONNECTING
+        return []
+
+    def opened(self, length: int | None, accepts_ranges: bool) -> list[Effect]:
+        """The first response (200) arrived and its temp file is open."""
+        if self.ended:
+            return []
+        self._has_file = True
+        self._range_resumable = accepts_ranges and length is not None
+        return self._attach(0, length)
+
+    def _attach(self, offset: int, length: int | None) -> list[Effect]:
+        self.generation += 1
+        self.state = State.STREAMING
+        self._paused = False
+        self._eof = False
+        self.received = offset
+        self._expected_end = None if length is None else offset + length
+        return [Attach(self.generation, offset), ArmIdle()]
+
+    # --- inputs: the body ------------------------------------------------------------
+
+    def body(self, generation: int, data: bytes) -> list[Effect]:
+        if self.ended or generation != self.generation or self.state != State.STREAMING:
+            return []
+        self.received += len(data)
+        self._queue.append(data)
+        self._queued += len(data)
+        effects: list[Effect] = [ArmIdle()]
+        if self._queued > HIGH_WATER and not self._paused:
+            self._paused = True
+            effects.append(PauseUpstream())
+        return effects + self._pump()
+
+    def body_ended(self, generation: int, clean: bool) -> list[Effect]:
+        """The body's connection closed; `clean` if it ended as a complete response."""
+        if self.ended or generation != self.generation or self.state != State.STREAMING:
+            return []
+        if clean and (self._expected_end is None or self.received == self._expected_end):
+            # without a length, the decoder's own end-of-stream check tells truncation
+            self._eof = True
+            self.state = State.FINISHING
+            return [DisarmIdle()] + self._pump()
+        if self._expected_end is not None:
+            why = f"the image factory sent {self.received} of {self._expected_end} bytes"
+        else:
+            why = f"the download from the image factory broke off after {self.received} bytes"
+        return self._interrupted(why, stop=False)
+
+    def idle_timeout(self, seconds: float) -> list[Effect]:
+        if self.state != State.STREAMING:
+            return []
+        return self._interrupted(f"the image factory sent no data for {seconds:g}s mid-download", stop=True)
+
+    # --- inputs: resuming --------------------------------------------------------------
+
+    def _interrupted(self, why: str, stop: bool) -> list[Effect]:
+        self.generation += 1  # whatever the old response still delivers is ignored
+        effects: list[Effect] = [DisarmIdle()]
+        if stop:
+            effects.append(StopUpstream())
+        if self.resumes >= self.policy.max_resumes:
+            return effects + self._fail(UpstreamError(f"{why}; gave up after {self.resumes} resumed attempts"))
+        delay = self.policy.delay(self.resumes, self._rng)
+        self.resumes += 1
+        self._why = why
+        self.state = State.RESUMING
+        return effects + [ScheduleResume(delay, self.resumes, why)]
+
+    def resume_due(self) -> list[Effect]:
+        if self.state != State.RESUMING:
+            return []
+        if self._range_resumable and self.received > 0:
+            return [OpenRange(self.received)]
+        return [OpenFresh()]
+
+    def range_opened(self, generation: int, status: int, start: int | None, total: int | None) -> list[Effect]:
+        """The answer to `OpenRange`: a 206 from `start` of a body of `total` bytes, or not."""
+        if self.state != State.RESUMING or generation != self.generation:
+            return []
+        if status == 206 and start == self.received and total == self._expected_end and total is not None:
+            return self._attach(self.received, total - self.received)
+        return [OpenFresh()]  # the range was not honoured after all: download again
+
+    def fresh_opened(self, generation: int, length: int | None) -> list[Effect]:
+        """The answer to `OpenFresh` (a 200): the bytes already written are decoded again."""
+        if self.state != State.RESUMING or generation != self.generation:
+            return []
+        self._queue.append(_RESTART)
+        return self._attach(0, length) + self._pump()
+
+    def resume_failed(self, generation: int, message: str) -> list[Effect]:
+        if self.state != State.RESUMING or generation != self.generation:
+            return []
+        return self._interrupted(f"{self._why}; resuming failed: {message}", stop=False)
+
+    # --- inputs: the writer --------------------------------------------------------------
+
+    def progress(self, available: int) -> list[Effect]:
+        """The writer reports, mid-batch, that more bytes are readable."""
+        if available <= self.available or self.ended:
+            return []
+        self.available = available
+        return [Progress(available)]
+
+    def written(self, available: int, size: int) -> list[Effect]:
+        """A batch of `size` compressed bytes (0 for a restart) was written."""
+        self._writer_busy = False
+        self._queued -= size
+        if self.ended:
+            return self._settle_failed()
+        effects: list[Effect] = []
+        if self._paused and self._queued < LOW_WATER:
+            self._paused = False
+            effects.append(ResumeUpstream())
+        if available > self.available:
+            self.available = available
+            effects.append(Progress(available))
+        return effects + self._pump()
+
+    def finished(self, size: int, sha256: str) -> list[Effect]:
+        """The writer checked the stream and synced the file."""
+        self._writer_busy = False
+        if self.ended:
+            return self._settle_failed()
+        self.available = size
+        return [Commit(size, sha256)]
+
+    def committed(self) -> list[Effect]:
+        if self.ended:
+            return []
+        self.state = State.COMMITTED
+        effects: list[Effect] = [Progress(self.available), Committed()]
+        return effects + self._release() + [Settled()]
+
+    def write_failed(self, error: TalosError) -> list[Effect]:
+        self._writer_busy = False
+        if self.ended:
+            return self._settle_failed()
+        return self._fail(error)
+
+    # --- inputs: anything else -----------------------------------------------------------
+
+    def failed(self, error: TalosError) -> list[Effect]:
+        """A failure outside the body: opening, the schematic, the temp file, the commit."""
+        if self.ended:
+            return []
+        return self._fail(error)
+
+    def shutdown(self, error: TalosError) -> list[Effect]:
+        return self.failed(error)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _pump(self) -> list[Effect]:
+        if self._writer_busy or self.ended:
+            return []
+        if self._queue and isinstance(self._queue[0], _RestartMark):
+            self._queue.popleft()
+            self._writer_busy = True
+            return [Restart()]
+        if self._queue:
+            parts: list[bytes] = []
+            size = 0
+            while self._queue and size < MAX_BATCH:
+                part = self._queue[0]
+                if isinstance(part, _RestartMark):
+                    break  # a batch ends at a restart mark
+                self._queue.popleft()
+                parts.append(part)
+                size += len(part)
+            self._writer_busy = True
+            return [Write(b"".join(parts))]
+        if self._eof:
+            self._writer_busy = True
+            return [Finish()]
+        return []
+
+    def _fail(self, error: TalosError) -> list[Effect]:
+        was = self.state
+        self.state = State.FAILED
+        self.error = error
+        self._queue.clear()
+        self._queued = 0
+        effects: list[Effect] = [DisarmIdle()]
+        if was == State.RESUMING:
+            effects.append(CancelResume())
+        if was == State.STREAMING:
+            effects.append(StopUpstream())
+        effects.append(Failed(error))
+        effects += self._release()
+        if not self._writer_busy:
+            effects += self._settle_failed()
+        return effects
+
+    def _settle_failed(self) -> list[Effect]:
+        # the writer thread has handed the file back: only now may it be closed
+        effects: list[Effect] = [Discard()] if self._has_file else []
+        return effects + [Settled()]
+
+    def _release(self) -> list[Effect]:
+        if not self._holding_slot:
+            return []
+        self._holding_slot = False
+        return [ReleaseSlot()]
