@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from talos_twisted.errors import BadRequest, NotFound
+from talos_twisted.names import ARCHES, MAX_EXTENSIONS, is_extension_name, is_platform_name
 from talos_twisted.schematic import Schematic
 from talos_twisted.versions import InvalidVersion, Version
 
-ARCHES = ("amd64", "arm64")
 QUERY_KEYS = ("extensions", "overlay", "overlays")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
-_PLATFORM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-_MAX_EXTENSIONS = 64
 
 
 @dataclass(frozen=True)
@@ -62,7 +58,7 @@ def parse_image_request(
         raise BadRequest(f"architecture {arch!r} is not one of {', '.join(ARCHES)}")
     checksum = filename.endswith(".raw.sha256")
     base = filename[: -len(".raw.sha256")] if checksum else filename[: -len(".raw")] if filename.endswith(".raw") else None
-    if base is None or not _PLATFORM_RE.match(base):
+    if base is None or not is_platform_name(base):
         raise BadRequest(f"{filename!r} is not '<platform>.raw' or '<platform>.raw.sha256'")
     allowed = tuple(platforms)
     if base not in allowed:
@@ -73,13 +69,13 @@ def parse_image_request(
         if key not in QUERY_KEYS:
             raise BadRequest(f"unknown query parameter {key!r} (allowed: {', '.join(QUERY_KEYS)})")
     exts = list(dict.fromkeys(_split(q.get("extensions", []))))
-    if len(exts) > _MAX_EXTENSIONS:
-        raise BadRequest(f"too many extensions ({len(exts)}; at most {_MAX_EXTENSIONS})")
+    if len(exts) > MAX_EXTENSIONS:
+        raise BadRequest(f"too many extensions ({len(exts)}; at most {MAX_EXTENSIONS})")
     overlays = list(dict.fromkeys(_split(q.get("overlay", []) + q.get("overlays", []))))
     if len(overlays) > 1:
         raise BadRequest(f"at most one overlay may be given, not {len(overlays)} ({', '.join(overlays)})")
     for name in exts + overlays:
-        if not _NAME_RE.match(name) or ".." in name:
+        if not is_extension_name(name):
             raise BadRequest(f"{name!r} is not a valid extension or overlay name")
     return ImageRequest(version, arch, base, tuple(exts), overlays[0] if overlays else None, checksum)
 

@@ -168,7 +168,7 @@ def test_defaults():
     assert talos.max_cache_size == 0 and talos.min_free_space == 0
     assert talos.default_extensions == ()
     assert talos.platforms == ("openstack", "metal", "nocloud")
-    assert talos.compression == "xz"
+    assert talos.compression == "zst"
     assert (talos.metadata_ttl, talos.connect_timeout, talos.metadata_timeout) == (900.0, 10.0, 30.0)
     assert (talos.first_byte_timeout, talos.build_timeout, talos.idle_timeout) == (45.0, 1260.0, 120.0)
     assert (talos.client_stall_timeout, talos.checksum_wait) == (300.0, 45.0)
@@ -391,7 +391,7 @@ def test_unknown_talos_env_variables_are_ignored():
         ("talos:\n  connect_timeout: 0\n", "talos.connect_timeout: 0 must be more than 0 seconds"),
         ("talos:\n  idle_timeout: -5s\n", "talos.idle_timeout: '-5s' is negative"),
         ("talos:\n  metadata_ttl: 1h30\n", "talos.metadata_ttl: '1h30' is not a duration"),
-        ("talos:\n  compression: gzip\n", "talos.compression: 'gzip' is not one of xz, zst, none"),
+        ("talos:\n  compression: gzip\n", "talos.compression: 'gzip' is not one of zst, xz, none"),
         ("talos:\n  max_downloads: 0\n", "talos.max_downloads: 0 is not a whole number of 1 or more"),
         ("talos:\n  max_downloads: 2.5\n", "talos.max_downloads: 2.5 is not a whole number"),
         ("talos:\n  max_downloads: true\n", "talos.max_downloads: True is not a whole number"),
@@ -616,3 +616,35 @@ def test_example_file_names_every_key():
     example = "\n".join(line.replace("# ", "", 1) for line in lines[start:])
     config = load_config(environ=ENV, overrides={"prefetch": __import__("yaml").safe_load(example)["prefetch"]})
     assert config.talos.prefetch == (PrefetchImage(extensions=("siderolabs/qemu-guest-agent",)),)
+
+
+# ------------------------------------------------------------------ names shared with URLs (talos_twisted.names)
+
+
+@pytest.mark.parametrize(
+    "yaml_text,expected",
+    [
+        ("talos:\n  default_extensions: [a..b]\n", "talos.default_extensions: 'a..b' is not an extension name"),
+        ("talos:\n  prefetch:\n    - overlay: x/../y\n", "talos.prefetch[0].overlay: 'x/../y' is not an overlay name"),
+        ("talos:\n  prefetch:\n    - version: v01.2.3\n", "talos.prefetch[0].version: 'v01.2.3' is not 'latest'"),
+        ("talos:\n  prefetch:\n    - version: v1.2.3-a..b\n", "talos.prefetch[0].version: 'v1.2.3-a..b' is not"),
+        ("talos:\n  prefetch:\n    - version: v1.\u0661.2\n", "talos.prefetch[0].version: 'v1.\u0661.2' is not"),
+        ("talos:\n  platforms: [metal\u0661]\n", "talos.platforms: 'metal\u0661' is not a platform name"),
+        ("talos:\n  max_downloads: '\u0661'\n", "talos.max_downloads: '\u0661' is not a whole number"),
+        ("talos:\n  max_cache_size: \u0661GiB\n", "talos.max_cache_size: '\u0661GiB' is not a size"),
+        ("talos:\n  idle_timeout: \u0661m\n", "talos.idle_timeout: '\u0661m' is not a duration"),
+    ],
+)
+def test_names_and_numbers_are_ascii_and_url_valid(tmp_path, yaml_text, expected):
+    path = tmp_path / "talos-images.yaml"
+    path.write_text(yaml_text, encoding="utf-8")
+    assert error_of(str(path), environ=ENV).startswith(expected)
+
+
+def test_extension_lists_are_bounded_like_urls():
+    names = [f"ext{i}" for i in range(64)]
+    assert load_config(environ=ENV, overrides={"default_extensions": names}).talos.default_extensions == tuple(names)
+    message = error_of(environ=ENV, overrides={"default_extensions": names + ["one-more"]})
+    assert message == "--default-extensions: too many items (65; at most 64)"
+    image = {"extensions": names + ["one-more"]}
+    assert error_of(environ=ENV, overrides={"prefetch": [image]}).startswith("--prefetch[0].extensions: too many items")

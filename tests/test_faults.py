@@ -32,7 +32,7 @@ def committed(stack, root="cache"):
 
 
 def compressed_size(stack, schematic=EMPTY_ID):
-    return len(stack.fake.compressed_image(schematic, "v1.11.2", "openstack", "amd64", "xz"))
+    return len(stack.fake.compressed_image(schematic, "v1.11.2", "openstack", "amd64", stack.config.talos.compression))
 
 
 async def raw_get(stack, path="/images/talos/v1.11.2/amd64/openstack.raw"):

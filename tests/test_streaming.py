@@ -95,7 +95,7 @@ async def test_a_client_that_disconnects_does_not_stop_the_download(stack):
 @pytest.mark.stack(image_size=32 * MiB)
 @pytest_twisted.ensureDeferred
 async def test_a_failed_download_aborts_its_clients_and_keeps_nothing(stack, fault):
-    size = len(stack.fake.compressed_image(EMPTY_ID, "v1.11.2", "openstack", "amd64", "xz"))
+    size = len(stack.fake.compressed_image(EMPTY_ID, "v1.11.2", "openstack", "amd64", stack.config.talos.compression))
     stack.fake.rate_limit = 2 * MiB
     # persistent faults: every resumed attempt breaks off again, so the daemon gives up
     if fault == "cut":
@@ -134,7 +134,7 @@ async def test_first_byte_timeout_then_served_later(stack):
 @pytest.mark.stack(image_size=64 * MiB)
 @pytest_twisted.ensureDeferred
 async def test_reactor_stays_responsive_during_decompression(stack):
-    stack.fake.compressed_image(EMPTY_ID, "v1.11.2", "openstack", "amd64", "xz")  # pre-build in the fake
+    stack.fake.compressed_image(EMPTY_ID, "v1.11.2", "openstack", "amd64", stack.config.talos.compression)  # pre-build in the fake
     transfer = Deferred.fromCoroutine(stack.get(stack.image_url()))
     worst = 0.0
     while not transfer.called:
