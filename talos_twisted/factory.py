@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IResponse
 
+from talos_twisted.backoff import full_jitter
 from talos_twisted.catalog import Catalog
 from talos_twisted.errors import (
     TalosError, UpstreamError, UpstreamFailing, UpstreamNotFound, UpstreamTimeout, UpstreamUnreachable,
@@ -61,8 +62,7 @@ class RetryPolicy:
     max_delay: float = 8.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        # exponential backoff with full jitter, so retrying daemons do not synchronise
-        return rng.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
+        return full_jitter(attempt, self.base_delay, self.max_delay, rng)
 
 
 def _first_line(body: bytes) -> str:

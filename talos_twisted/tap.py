@@ -95,19 +95,22 @@ class HTTPPoolService(service.Service):
         return self.pool.closeCachedConnections()
 
 
-def build(config: Config, reactor: Any) -> tuple[service.MultiService, TalosImages]:
-    """The service tree (without a listener) and the web app, for `makeService` and tests."""
+def build(config: Config, reactor: Any, http: Any = None) -> tuple[service.MultiService, TalosImages]:
+    """The service tree (without a listener) and the web app, for `makeService` and tests.
+
+    `http`: the HTTP client of the factory (a treq HTTPClient; tests pass a StubTreq).
+    """
     talos = config.talos
     top = service.MultiService()
 
     io_pool = ThreadPool(minthreads=1, maxthreads=max(2, talos.max_downloads), name="talos-io")
     IOPoolService(io_pool).setServiceParent(top)
 
-    http_pool = HTTPConnectionPool(reactor, persistent=True)
-    http_pool.maxPersistentPerHost = 4
-    HTTPPoolService(http_pool).setServiceParent(top)
-    agent = Agent(reactor, connectTimeout=talos.connect_timeout, pool=http_pool)
-    http = HTTPClient(agent)
+    if http is None:
+        http_pool = HTTPConnectionPool(reactor, persistent=True)
+        http_pool.maxPersistentPerHost = 4
+        HTTPPoolService(http_pool).setServiceParent(top)
+        http = HTTPClient(Agent(reactor, connectTimeout=talos.connect_timeout, pool=http_pool))
 
     cache = CacheStore(talos.cache_directory, max_size=talos.max_cache_size, min_free=talos.min_free_space)
     CacheRecoveryService(cache).setServiceParent(top)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TypeAlias
 
+from talos_twisted.backoff import full_jitter
 from talos_twisted.errors import TalosError, UpstreamError
 
 HIGH_WATER = 4 * 1024 * 1024  # queued upstream bytes before the upstream is paused
@@ -176,8 +177,7 @@ class ResumePolicy:
     max_delay: float = 8.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        # exponential backoff with full jitter, so resuming daemons do not synchronise
-        return rng.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
+        return full_jitter(attempt, self.base_delay, self.max_delay, rng)
 
 
 # --- the machine ------------------------------------------------------------------------
@@ -272,16 +272,15 @@ class Transfer:
 
     def _interrupted(self, why: str, stop: bool) -> list[Effect]:
         self.generation += 1  # whatever the old response still delivers is ignored
-        effects: list[Effect] = [DisarmIdle()]
-        if stop:
-            effects.append(StopUpstream())
+        effects: list[Effect] = [StopUpstream()] if stop else []
         if self.resumes >= self.policy.max_resumes:
-            return effects + self._fail(UpstreamError(f"{why}; gave up after {self.resumes} resumed attempts"))
+            error = UpstreamError(f"{why}; gave up after {self.resumes} resumed attempts")
+            return effects + self._fail(error, stop_upstream=False)
         delay = self.policy.delay(self.resumes, self._rng)
         self.resumes += 1
         self._why = why
         self.state = State.RESUMING
-        return effects + [ScheduleResume(delay, self.resumes, why)]
+        return [DisarmIdle()] + effects + [ScheduleResume(delay, self.resumes, why)]
 
     def resume_due(self) -> list[Effect]:
         if self.state != State.RESUMING:
@@ -392,7 +391,7 @@ class Transfer:
             return [Finish()]
         return []
 
-    def _fail(self, error: TalosError) -> list[Effect]:
+    def _fail(self, error: TalosError, stop_upstream: bool = True) -> list[Effect]:
         was = self.state
         self.state = State.FAILED
         self.error = error
@@ -401,7 +400,7 @@ class Transfer:
         effects: list[Effect] = [DisarmIdle()]
         if was == State.RESUMING:
             effects.append(CancelResume())
-        if was == State.STREAMING:
+        if was == State.STREAMING and stop_upstream:
             effects.append(StopUpstream())
         effects.append(Failed(error))
         effects += self._release()

@@ -13,13 +13,13 @@ from urllib.parse import urlparse
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 
 from talos_twisted.request import ImageKey
 from talos_twisted.schematic import Overlay, Schematic
 
-from .conftest import MiB, RawClient, dechunk, raw_head, sha256
+from .conftest import MiB, sha256
+from .rawhttp import RawClient, connect, dechunk, exchange, raw_head as _raw_head, request_bytes
 
 EMPTY = Schematic()
 QGA = Schematic(extensions=("siderolabs/qemu-guest-agent",))
@@ -42,28 +42,15 @@ def header(resp, name):
 
 
 async def raw(stack, path, method="GET", headers=None):
-    """One request over a raw socket: (status, {lowercase name: value}, body); a chunked
-    body is decoded, and must have ended with its final chunk."""
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    client = RawClient(("\r\n".join(lines) + "\r\n\r\n").encode())
-    port = int(stack.url.rsplit(":", 1)[1])
-    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-    await client.closed
-    head, body = client.split()
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    parsed = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        parsed[name.strip().lower()] = value.strip()
-    if parsed.get("transfer-encoding") == "chunked":
-        body, complete = dechunk(body)
-        assert complete, f"{method} {path}: the response did not end cleanly"
-    return int(status_line.split()[1]), parsed, body
+    return await exchange(stack.url, path, method, headers)
 
 
 def path_of(stack, url):
     return url[len(stack.url):]
+
+
+async def raw_head(stack, url):
+    return await _raw_head(stack.url, path_of(stack, url))
 
 
 async def listing(stack):
@@ -298,14 +285,11 @@ async def test_headers_of_latest_miss_then_hit(stack):
 async def test_join_while_downloading(stack):
     url = stack.image_url(query=Q_QGA)
     stack.fake.rate_limit = 16 * 1024  # slow enough that the download is still running
-    first = RawClient(f"GET {path_of(stack, url)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-    port = int(stack.url.rsplit(":", 1)[1])
-    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), first)
+    first = await connect(stack.url, RawClient(request_bytes("GET", path_of(stack, url))))
     await first.got_some  # streaming has begun
     [download] = stack.app.downloads.active()
     assert not download.ended.fired
-    second = RawClient(first.request_bytes)
-    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), second)
+    second = await connect(stack.url, RawClient(first.request_bytes))
     await second.got_some
     stack.fake.rate_limit = 0
     await first.closed

@@ -6,7 +6,6 @@ import hashlib
 import importlib
 import json
 import lzma
-import time
 
 import pytest
 import pytest_twisted
@@ -17,17 +16,19 @@ from treq.testing import StubTreq
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import Clock, deferLater
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.server import Site
 
 from talos_twisted.testing.fakefactory import DEFAULT_VERSIONS, FakeFactory, Options, makeService
+from talos_twisted.testing.fakefactory.faults import BodyProducer
 from talos_twisted.versions import Version
+
+from .rawhttp import RawClient, connect, exchange, request_bytes
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -214,7 +215,7 @@ async def test_image_bodies_decompress_to_raw_image():
     h = resp.headers
     assert h.getRawHeaders("content-type") == ["application/x-xz"]
     assert resp.length == len(body)  # Twisted moves Content-Length to .length
-    assert h.getRawHeaders("content-disposition") == ["attachment; filename=openstack-amd64.raw.xz"]
+    assert h.getRawHeaders("content-disposition") == ['attachment; filename="openstack-amd64.raw.xz"']
     for absent in ("etag", "last-modified", "accept-ranges"):
         assert not h.hasHeader(absent)
     data, streams = xz_streams(body)
@@ -222,7 +223,7 @@ async def test_image_bodies_decompress_to_raw_image():
     assert body == fake.compressed_image(QGA_ID, "v1.11.2", "openstack", "amd64", "xz")
 
     resp, body = await get(http, image_url(path="openstack-amd64.raw.zst"))
-    assert resp.headers.getRawHeaders("content-type") == ["application/octet-stream"]
+    assert resp.headers.getRawHeaders("content-type") == ["application/zstd"]
     data, frames = zstd_frames(body)
     assert data == raw and frames > 1
 
@@ -238,11 +239,11 @@ async def test_image_errors():
     newt = fake.add_schematic("customization:\n  systemExtensions:\n    officialExtensions: [siderolabs/newt]\n")
     rpi = fake.add_schematic("overlay: {image: siderolabs/sbc-raspberrypi, name: rpi_generic}\n")
     cases = [
-        (image_url(sid="0" * 64), 404, b"schematic not found\n"),
+        (image_url(sid="0" * 64), 404, b'schematic ID "' + b"0" * 64 + b'" not found\n'),
         (image_url(version="v1.x.2"), 500, None),
         (image_url(version="v1.99.0"), 404, b"version 1.99.0 is not available\n"),
-        (image_url(path="openstack-amd64.qcow2"), 404, None),
-        (image_url(path="openstack-riscv64.raw"), 404, None),
+        (image_url(path="openstack-amd64.img"), 400, None),
+        (image_url(path="openstack-riscv64.raw"), 400, None),
         (
             image_url(sid=newt, version="v1.10.7"),
             400,
@@ -453,113 +454,73 @@ async def test_stall_next_then_abort_all(served):
         await done
 
 
+class _TickCounter:
+    """The reactor as the fake's clock, counting the rate limiter's waits."""
+
+    def __init__(self):
+        self.waits = 0
+
+    def seconds(self):
+        return reactor.seconds()
+
+    def callLater(self, delay, f, *a, **kw):
+        if delay == BodyProducer.TICK:
+            self.waits += 1
+        return reactor.callLater(delay, f, *a, **kw)
+
+    def getDelayedCalls(self):
+        return reactor.getDelayedCalls()
+
+
 @pytest_twisted.ensureDeferred
 async def test_rate_limit(served):
-    served.fake.rate_limit = 1 * MiB  # 104857 bytes every 0.1 s
-    t0 = time.monotonic()
+    served.fake._clock = clock = _TickCounter()
+    served.fake.rate_limit = 1 * MiB  # 104857 bytes per 0.1 s tick
     resp = await served.http.get(image_url(served.base, path="openstack-amd64.raw"), unbuffered=True)
     body, err = await collect(resp)
-    elapsed = time.monotonic() - t0
     assert err is None and len(body) == 1 * MiB
-    assert 0.85 <= elapsed < 5
-
-
-class SlowReader(Protocol):
-    def __init__(self, request: bytes):
-        self.request = request
-        self.received = 0
-        self.reading = False
-        self.closed: Deferred = Deferred()
-
-    def connectionMade(self):
-        self.transport.write(self.request)
-
-    def dataReceived(self, data):
-        self.received += len(data)
-        if not self.reading:
-            self.transport.pauseProducing()  # stop reading: let the server's buffers fill
-
-    def connectionLost(self, reason):
-        self.closed.callback(None)
+    # 1 MiB at 1 MiB/s in budgets of a tenth: sent in ten windows, nine waits between them
+    assert clock.waits >= 9
 
 
 @pytest_twisted.ensureDeferred
 async def test_backpressure_and_build_cancelled_on_disconnect(served):
     fake = served.fake
     fake.image_size = 64 * MiB
-    host, port = served.base.rsplit(":", 1)[0][len("http://"):], int(served.base.rsplit(":", 1)[1])
     path = f"/image/{QGA_ID}/v1.11.2/openstack-amd64.raw"
-    client = SlowReader(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await TCP4ClientEndpoint(reactor, host, port).connect(_factory(client))
+    client = await connect(served.base, RawClient(request_bytes("GET", path, close=False)))
+    await client.got_some
+    client.pause()  # stop reading: let the server's buffers fill
     await until(lambda: len(fake._active) == 1 and next(iter(fake._active))._paused)
     (producer,) = fake._active
     assert 0 < producer.sent < 32 * MiB  # paused by the transport, not buffered whole
     fake.abort_all()
-    client.reading = True
-    client.transport.resumeProducing()  # a paused reader would not notice the reset
+    client.resume()  # a paused reader would not notice the reset
     await client.closed
-    assert client.received < 64 * MiB
+    assert len(client.data) < 64 * MiB
     # a client leaving during the build cancels it
     fake.build_delay = 60
-    client = SlowReader(f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await TCP4ClientEndpoint(reactor, host, port).connect(_factory(client))
+    client = await connect(served.base, RawClient(request_bytes("HEAD", path, close=False)))
     await until(lambda: len(fake._pending) == 1)
     client.transport.loseConnection()
     await client.closed
     await until(lambda: not fake._pending and not fake._active)
 
 
-class RawClient(Protocol):
-    def __init__(self, request: bytes):
-        self.request = request
-        self.data = bytearray()
-        self.closed: Deferred = Deferred()
-
-    def connectionMade(self):
-        self.transport.write(self.request)
-
-    def dataReceived(self, data):
-        self.data += data
-
-    def connectionLost(self, reason):
-        self.closed.callback(None)
-
-
-async def raw_exchange(base: str, request: bytes) -> tuple[str, dict[str, str], bytes]:
-    host, port = base[len("http://"):].split(":")
-    client = RawClient(request)
-    await TCP4ClientEndpoint(reactor, host, int(port)).connect(_factory(client))
-    await client.closed
-    head, _, body = bytes(client.data).partition(b"\r\n\r\n")
-    status, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    return status, headers, body
-
-
 @pytest_twisted.ensureDeferred
 async def test_head_image_same_headers_no_body(served):
     fake = served.fake
     path = f"/image/{QGA_ID}/v1.11.2/openstack-amd64.raw.zst"
-    status, headers, body = await raw_exchange(
-        served.base, f"HEAD {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode()
-    )
+    status, headers, body = await exchange(served.base, path, "HEAD")
     size = len(fake.compressed_image(QGA_ID, "v1.11.2", "openstack", "amd64", "zst"))
-    assert status == "HTTP/1.1 200 OK" and body == b""
+    assert status == 200 and body == b""
     assert headers["content-length"] == str(size)
-    assert headers["content-type"] == "application/octet-stream"
-    assert headers["content-disposition"] == "attachment; filename=openstack-amd64.raw.zst"
+    assert headers["content-type"] == "application/zstd"
+    assert headers["content-disposition"] == 'attachment; filename="openstack-amd64.raw.zst"'
     assert "x-request-id" in headers and "accept-ranges" not in headers and "etag" not in headers
     assert fake.counts["image_head"] == 1 and fake.counts["image_get"] == 0
-    status, headers, body = await raw_exchange(
-        served.base, f"GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode()
-    )
+    status, headers, body = await exchange(served.base, path)
     assert headers["content-length"] == str(size) and len(body) == size
-
-
-def _factory(proto):
-    from twisted.internet.protocol import Factory
-
-    return Factory.forProtocol(lambda: proto)
 
 
 # -- tap -----------------------------------------------------------------------------------
