@@ -6,6 +6,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from talos_twisted.aliases import EXTENSION_ALIASES
+
 
 class UnknownName(LookupError):
     """A name that is not in the catalog (or matches several entries)."""
@@ -58,6 +60,12 @@ class Catalog:
         return cls(version, exts, ovs)
 
     def resolve_extension(self, name: str) -> str:
+        """The full name to put in a schematic for ``name`` (full or short).
+
+        A name that is not in this catalog is still accepted where the factory's alias table
+        maps it to one that is; it is then returned as written (in its full form), since the
+        factory keeps the name as written in the schematic and resolves the alias at build.
+        """
         if name in self.extensions:
             return name
         matches = [full for full in self.extensions if _short(full) == name]
@@ -65,6 +73,10 @@ class Catalog:
             return matches[0]
         if len(matches) > 1:
             raise UnknownName("extension", name, self.version, sorted(matches), ambiguous=True)
+        olds = [old for old in EXTENSION_ALIASES if old == name or ("/" not in name and _short(old) == name)]
+        known = [old for old in olds if EXTENSION_ALIASES[old] in self.extensions]
+        if len(known) == 1:
+            return known[0]
         pool = list(self.extensions) + [_short(e) for e in self.extensions]
         raise UnknownName("extension", name, self.version, _suggest(name, pool))
 
