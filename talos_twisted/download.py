@@ -93,7 +93,7 @@ class Download:
         self.image = image
         self.key: ImageKey = image.key
         self._ctx = ctx
-        self.machine = Transfer(ctx.policy, ctx.rng, queued=ctx.slots is not None)
+        self.machine = Transfer(ctx.policy, ctx.rng, queued=ctx.slots is not None, now=ctx.reactor.seconds)
         self.started = ctx.reactor.seconds()
         self.entry: CacheEntry | None = None  # once committed (None: too large to keep)
         self.fd: int | None = None
@@ -123,6 +123,11 @@ class Download:
     @property
     def error(self) -> TalosError | None:
         return self.machine.error
+
+    @property
+    def followers(self) -> int:
+        """Clients streaming from this download now."""
+        return len(self._listeners)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """`listener()` is called after every change of `available` or of the end state."""

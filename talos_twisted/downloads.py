@@ -96,10 +96,18 @@ class Downloads:
         return list(self._active.values())
 
     def describe(self) -> list[dict[str, object]]:
-        return [
-            {"key": str(d.key), "state": d.state.value, "bytes": d.available, "compressed_bytes": d.machine.received}
-            for d in self._active.values()
-        ]
+        """The downloads in progress, for the status page and the cache listing."""
+        now = self._clock.seconds()
+        out: list[dict[str, object]] = []
+        for d in self._active.values():
+            elapsed = max(now - d.started, 1e-6)
+            out.append({
+                "key": str(d.key), "version": d.key.version, "arch": d.key.arch, "platform": d.key.platform,
+                "schematic": d.key.schematic, "url_path": d.image.url_path(), "state": d.state.value,
+                "bytes": d.available, "compressed_bytes": d.machine.received, "size": None,
+                "elapsed": round(elapsed, 3), "rate": round(d.available / elapsed), "followers": d.followers,
+            })
+        return out
 
     def get_or_start(self, image: ResolvedImage) -> tuple[Download, bool]:
         """The download of `image`, and whether it was already running (a JOIN)."""

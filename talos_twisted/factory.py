@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar, cast
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -21,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IResponse
 
-from talos_twisted.backoff import full_jitter
+from talos_twisted.backoff import Backoff
 from talos_twisted.catalog import Catalog
 from talos_twisted.errors import (
     TalosError, UpstreamError, UpstreamFailing, UpstreamNotFound, UpstreamTimeout, UpstreamUnreachable,
@@ -55,14 +54,8 @@ def content_range(response: IResponse) -> tuple[int | None, int | None]:
 
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 3
-    base_delay: float = 0.5
-    max_delay: float = 8.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        return full_jitter(attempt, self.base_delay, self.max_delay, rng)
+# metadata and image requests: a few attempts, quickly
+RetryPolicy = Backoff
 
 
 def _first_line(body: bytes) -> str:

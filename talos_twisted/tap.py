@@ -19,6 +19,7 @@ from talos_twisted.download import Download, DownloadContext
 from talos_twisted.downloads import Downloads
 from talos_twisted.factory import FactoryClient
 from talos_twisted.metastore import MetadataStore
+from talos_twisted.transfer import ResumePolicy
 from talos_twisted.prefetch import PrefetchService, Prefetcher
 from talos_twisted.web import TalosImages
 
@@ -126,6 +127,7 @@ def build(config: Config, reactor: Any, http: Any = None) -> tuple[service.Multi
     ctx = DownloadContext(
         reactor=reactor, pool=io_pool, cache=cache, factory=factory, compression=talos.compression,
         idle_timeout=talos.idle_timeout, slots=DeferredSemaphore(talos.max_downloads),
+        policy=ResumePolicy(window=talos.resume_window),
     )
     downloads = Downloads(lambda image: Download(image, ctx), cache, reactor)
     DownloadsService(downloads).setServiceParent(top)

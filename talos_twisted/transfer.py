@@ -17,7 +17,7 @@ import random
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeAlias
+from typing import Callable, TypeAlias
 
 from talos_twisted.backoff import full_jitter
 from talos_twisted.errors import TalosError, UpstreamError
@@ -170,11 +170,15 @@ _RESTART = _RestartMark()
 
 @dataclass(frozen=True)
 class ResumePolicy:
-    """How often a broken body is resumed, and how long to wait between attempts."""
+    """How long a broken body is resumed, and how long to wait between attempts.
 
-    max_resumes: int = 3
+    The window counts from the first failure that made no progress since: a factory that
+    is down for minutes is ridden out, one that breaks off at the same byte for ever is not.
+    """
+
+    window: float = 600.0
     base_delay: float = 0.5
-    max_delay: float = 8.0
+    max_delay: float = 30.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         return full_jitter(attempt, self.base_delay, self.max_delay, rng)
@@ -184,9 +188,16 @@ class ResumePolicy:
 
 
 class Transfer:
-    def __init__(self, policy: ResumePolicy = ResumePolicy(), rng: random.Random | None = None, queued: bool = False):
+    def __init__(
+        self,
+        policy: ResumePolicy = ResumePolicy(),
+        rng: random.Random | None = None,
+        queued: bool = False,
+        now: Callable[[], float] = lambda: 0.0,
+    ):
         self.policy = policy
         self._rng = rng or random.Random()
+        self._now = now  # time, injected: the machine keeps no clock of its own
         self.state = State.QUEUED if queued else State.CONNECTING
         self.error: TalosError | None = None
         self.generation = 0  # the attempt whose body is current
@@ -203,6 +214,8 @@ class Transfer:
         self._holding_slot = False
         self._has_file = False  # a temp file exists (after the first response)
         self._why = ""  # what interrupted the body last
+        self._failing_since: float | None = None  # the first failure without progress since
+        self._progress_mark = 0  # the compressed offset reached before that failure
 
     @property
     def ended(self) -> bool:
@@ -240,6 +253,8 @@ class Transfer:
         if self.ended or generation != self.generation or self.state != State.STREAMING:
             return []
         self.received += len(data)
+        if self._failing_since is not None and self.received > self._progress_mark:
+            self._failing_since = None  # the factory is back: a later failure opens a new window
         self._queue.append(data)
         self._queued += len(data)
         effects: list[Effect] = [ArmIdle()]
@@ -273,8 +288,15 @@ class Transfer:
     def _interrupted(self, why: str, stop: bool) -> list[Effect]:
         self.generation += 1  # whatever the old response still delivers is ignored
         effects: list[Effect] = [StopUpstream()] if stop else []
-        if self.resumes >= self.policy.max_resumes:
-            error = UpstreamError(f"{why}; gave up after {self.resumes} resumed attempts")
+        now = self._now()
+        if self._failing_since is None:
+            self._failing_since = now
+            self._progress_mark = max(self._progress_mark, self.received)
+        elif now - self._failing_since >= self.policy.window:
+            error = UpstreamError(
+                f"{why}; gave up after {self.resumes} resumed attempts over {now - self._failing_since:.0f}s"
+                f" (resume_window {self.policy.window:g}s)"
+            )
             return effects + self._fail(error, stop_upstream=False)
         delay = self.policy.delay(self.resumes, self._rng)
         self.resumes += 1

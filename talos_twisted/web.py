@@ -20,6 +20,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
+from talos_twisted import status
 from talos_twisted.cache import CacheStore
 from talos_twisted.config import TalosConfig
 from talos_twisted.downloads import Downloads, Hit, Need
@@ -126,6 +127,26 @@ class TalosImages:
     def metrics(self, request: Any) -> bytes:
         request.setHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         return self.stats.render()
+
+    # --- the operator's status page -------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    def status_page(self, request: Any) -> bytes:
+        request.setHeader("Content-Type", "text/html; charset=utf-8")
+        request.setHeader("Cache-Control", "no-store")
+        return status.page()
+
+    @app.route("/favicon.ico", methods=["GET"])
+    def favicon(self, request: Any) -> bytes:
+        request.setHeader("Content-Type", "image/svg+xml")
+        request.setHeader("Cache-Control", "max-age=86400")
+        return status.favicon()
+
+    @app.route("/status.json", methods=["GET"])
+    def status_json(self, request: Any) -> bytes:
+        request.setHeader("Content-Type", "application/json")
+        request.setHeader("Cache-Control", "no-store")
+        return json.dumps(status.document(self.cache, self.downloads, self.factory, self.clock)).encode() + b"\n"
 
     # --- discovery -------------------------------------------------------------------
 

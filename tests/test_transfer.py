@@ -20,9 +20,17 @@ def names(effects):
     return [type(e).__name__ for e in effects]
 
 
-def machine(queued=False, max_resumes=3):
+class FakeTime:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def machine(queued=False, window=600.0, now=None):
     # delays come from a seeded rng: the tables do not look at them, only at the effects
-    return Transfer(t.ResumePolicy(max_resumes=max_resumes), random.Random(1), queued=queued)
+    return Transfer(t.ResumePolicy(window=window), random.Random(1), queued=queued, now=now or FakeTime())
 
 
 def run(m, steps):
@@ -213,20 +221,42 @@ def test_range_resume_asks_for_the_offset_reached():
     assert names(m.range_opened(m.generation, 206, 0, 4 * KiB)) == ["OpenFresh"]
 
 
-def test_gives_up_after_max_resumes():
-    m = machine(max_resumes=2)
-    run(m, [("opened", (4 * KiB, False), ["Attach", "ArmIdle"])])
-    for gen in (1, 2):
+def test_gives_up_when_the_resume_window_has_passed_without_progress():
+    time = FakeTime()
+    m = machine(window=600.0, now=time)
+    run(m, [("opened", (4 * KiB, False), ["Attach", "ArmIdle"]), ("body", (G1, b"a" * KiB), ["ArmIdle", "Write"])])
+    m.written(KiB, KiB)
+    for attempt in (1, 2, 3):
         effects = m.body_ended(m.generation, False)
-        assert names(effects) == ["DisarmIdle", "ScheduleResume"] and effects[1].attempt == gen
+        assert names(effects) == ["DisarmIdle", "ScheduleResume"] and effects[1].attempt == attempt
+        time.now += 250  # a re-download that never gets past the byte reached before
         m.resume_due()
         assert names(m.fresh_opened(m.generation, 4 * KiB)) == ["Attach", "ArmIdle", "Restart"]
-        assert m.written(0, 0) == []
+        assert m.written(KiB, 0) == []
+        m.body(m.generation, b"a" * 512)  # replayed bytes, no progress
+        m.written(KiB, 512)
     effects = m.body_ended(m.generation, False)
     assert names(effects) == ["DisarmIdle", "Failed", "Discard", "Settled"]
     error = effects[1].error
     assert isinstance(error, UpstreamError) and error.status == 502
-    assert "sent 0 of 4096 bytes; gave up after 2 resumed attempts" in error.message
+    assert "gave up after 3 resumed attempts over 750s (resume_window 600s)" in error.message
+
+
+def test_progress_after_a_resume_opens_a_new_window():
+    time = FakeTime()
+    m = machine(window=600.0, now=time)
+    m.opened(None, False)
+    m.body(m.generation, b"a" * KiB)
+    for _ in range(5):  # an upstream that breaks off often, but always gets further
+        effects = m.body_ended(m.generation, False)
+        assert names(effects)[-1] == "ScheduleResume"
+        reached = m.received
+        time.now += 500
+        m.resume_due()
+        m.fresh_opened(m.generation, None)
+        m.written(m.available, 0)
+        m.body(m.generation, b"b" * (reached + KiB))  # past the byte reached before
+    assert m.state == State.STREAMING
 
 
 def test_backpressure_pauses_above_high_water_and_resumes_below_low_water():

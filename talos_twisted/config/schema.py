@@ -184,6 +184,11 @@ class TalosConfig:
     idle_timeout: float = key(
         120.0, via(parse_timeout), "a download with no data from the factory for this long mid-transfer has failed"
     )
+    resume_window: float = key(
+        600.0,
+        via(parse_timeout),
+        "how long a broken download keeps being resumed (backoff with jitter) before its clients are aborted",
+    )
     client_stall_timeout: float = key(
         300.0, via(parse_timeout), "a client that accepts no data for this long is disconnected"
     )
