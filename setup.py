@@ -11,7 +11,7 @@ setup(
     packages=find_packages(include=["talos_twisted", "talos_twisted.*"]) + ["twisted.plugins"],
     install_requires=[
         "incremental>=24.7",
-        "twisted>=24.7",
+        "twisted[tls]>=24.7",
         "treq>=24.9",
         "klein>=24.8",
         "pyyaml>=6",
@@ -29,6 +29,7 @@ setup(
             "mypy-zope==1.0.17",
             "types-PyYAML",
             "hypothesis>=6",
+            "selenium>=4.20",
         ],
     },
     include_package_data=True,

@@ -1,31 +1,42 @@
-"""The on-disk image store: layout, sidecars, atomic commit, LRU eviction, recovery.
+"""The on-disk image store: layout, sidecars, atomic commit, LRU eviction, space, recovery.
 
 Layout: ``{root}/images/{version}/{arch}/{schematic}/{platform}.raw`` with a JSON sidecar
-``{platform}.raw.json``. An image is written as ``{platform}.raw.tmp-*`` next to its final
-name and renamed into place only once complete and verified, so a path without ``.tmp``
-always holds a whole image. Called from the reactor thread only (the fsync of the data has
-been done by the writer thread before commit).
+``{platform}.raw.json``; an image is written as ``{platform}.raw.tmp-*`` and renamed into
+place once complete and verified. Every path below the root goes through `cachefs` (no
+symlink followed, modes set whatever the umask). Reactor thread only (the writer thread has
+fsynced the data before commit).
+
+Recovery is unambiguous because a ``.raw.json`` only ever describes the ``.raw`` renamed into
+place just before it: commit (1) removes the sidecar of an entry it replaces, (2) writes and
+fsyncs the new sidecar under a temporary name, (3) renames the image, (4) the sidecar, with
+the directory fsynced after each step. Interrupted anywhere, a directory holds a whole entry,
+or an image without a sidecar and temporary files, which recovery removes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
-import tempfile
+import stat
 import time
-import uuid
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from collections import Counter
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, ContextManager
 
 from twisted.logger import Logger
 
+from talos_twisted import cachefs as fs
+from talos_twisted.cachefs import TEMP_MARK, CacheRootError, UnsafePath
 from talos_twisted.request import ImageKey
 
-TEMP_MARK = ".tmp-"
+__all__ = ["CacheEntry", "CacheRootError", "CacheStore", "UnsafePath", "TEMP_MARK", "SIDECAR"]
+
 SIDECAR = ".json"
-# last access is persisted into the sidecar when the stored value is older than this: LRU
-# order then survives a restart without a sidecar write per hit
+# last access and last verification are persisted into the sidecar when the stored value is
+# older than this: LRU and scrub order survive a restart without a sidecar write per hit
 ACCESS_PERSIST_INTERVAL = 60.0
 
 
@@ -39,6 +50,8 @@ class CacheEntry:
     created: float
     last_access: float
     info: dict[str, Any] = field(default_factory=dict)
+    verified: float = 0.0  # when the file last matched sha256 (written, or scrubbed)
+    file_id: tuple[int, int] | None = field(default=None, compare=False)  # (st_dev, st_ino)
 
     @property
     def etag(self) -> str:
@@ -46,15 +59,8 @@ class CacheEntry:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "version": self.key.version,
-            "arch": self.key.arch,
-            "schematic": self.key.schematic,
-            "platform": self.key.platform,
-            "size": self.size,
-            "disk_usage": self.disk_usage,
-            "sha256": self.sha256,
-            "created": self.created,
-            "last_access": self.last_access,
+            **{f: getattr(self.key, f) for f in ("version", "arch", "schematic", "platform")},
+            **{f: getattr(self, f) for f in ("size", "disk_usage", "sha256", "created", "last_access")},
             **{k: v for k, v in self.info.items() if k in ("extensions", "overlay")},
         }
 
@@ -63,17 +69,15 @@ def _disk_usage(st: os.stat_result) -> int:
     return st.st_blocks * 512
 
 
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 class CacheStore:
     log = Logger()
 
-    def __init__(
-        self,
-        root: str,
-        max_size: int = 0,
-        min_free: int = 0,
-        now: Callable[[], float] = time.time,
-        free_space: Callable[[str], int] | None = None,
-    ):
+    def __init__(self, root: str, max_size: int = 0, min_free: int = 0, now: Callable[[], float] = time.time,
+                 free_space: Callable[[str], int] | None = None):
         self.root = root
         self.images = os.path.join(root, "images")
         self.max_size = max_size
@@ -82,21 +86,58 @@ class CacheStore:
         self._free = free_space or (lambda p: shutil.disk_usage(p).free)
         self._index: dict[ImageKey, CacheEntry] = {}
         self._pins: dict[ImageKey, int] = {}
-        self._stored_access: dict[ImageKey, float] = {}  # last_access as in each sidecar
+        self._stored: dict[ImageKey, tuple[float, float]] = {}  # (last_access, verified) as in each sidecar
+        self._temps = fs.TempFiles()  # those opened by open_temp, and their reservations
 
-    # --- lookup --------------------------------------------------------------------
+    def check_root(self) -> None:
+        """Raise CacheRootError unless the root (made 0750 if missing) is ours and not writable by others."""
+        fs.check_root(self.root, ("images", "meta"))
+
+    # --- paths: every one below the root goes through a checked walk -------------------
 
     def path_for(self, key: ImageKey) -> str:
         return os.path.join(self.images, key.relpath)
+
+    def _dir(self, key: ImageKey, create: bool = False) -> ContextManager[int]:
+        return fs.opened_dir(self.root, ["images", key.version, key.arch, key.schematic], create)
+
+    def _locate(self, path: str, key: ImageKey | None = None) -> tuple[ImageKey, str]:
+        """The key whose directory `path` is a temporary file in (a path we handed out), and its name."""
+        rel = os.path.relpath(path, self.images).split(os.sep)
+        if path != os.path.join(self.images, *rel) or len(rel) != 4 or TEMP_MARK not in rel[3]:
+            raise UnsafePath(errno.EINVAL, "not a temporary file of the cache", path)
+        for part in rel:
+            fs.check_name(part)
+        where = ImageKey(rel[0], rel[1], rel[2], rel[3].split(".", 1)[0])
+        if key is not None and (where != key or not rel[3].startswith(f"{key.platform}.raw{TEMP_MARK}")):
+            raise UnsafePath(errno.EINVAL, f"not a temporary file of {key}", path)
+        return where, rel[3]
+
+    def _lstat(self, entry: CacheEntry) -> os.stat_result | None:
+        try:
+            with self._dir(entry.key) as dfd:
+                return os.stat(f"{entry.key.platform}.raw", dir_fd=dfd, follow_symlinks=False)
+        except OSError:
+            return None
+
+    @staticmethod
+    def _same_file(entry: CacheEntry, st: os.stat_result | None) -> bool:
+        # nlink 1: a hard link planted to a file elsewhere is no image of ours either
+        return (
+            st is not None and stat.S_ISREG(st.st_mode) and st.st_size == entry.size and st.st_nlink == 1
+            and (entry.file_id is None or entry.file_id == (st.st_dev, st.st_ino))
+        )
+
+    # --- lookup --------------------------------------------------------------------
 
     def peek(self, key: ImageKey) -> CacheEntry | None:
         """The entry of `key` if it is cached, without counting as an access (prefetch)."""
         entry = self._index.get(key)
         if entry is None:
             return None
-        if not os.path.exists(entry.path):
-            self.log.warn("cache entry {key} vanished from disk", key=str(key))
-            self._forget(key)
+        if not self._same_file(entry, self._lstat(entry)):
+            self.log.warn("cache entry {key} vanished or changed on disk: dropped", key=str(key), path=entry.path)
+            self.remove(key)
             return None
         return entry
 
@@ -105,26 +146,53 @@ class CacheStore:
         entry = self.peek(key)
         if entry is None:
             return None
-        now = self._now()
-        entry = replace(entry, last_access=now)
-        self._index[key] = entry
-        if now - self._stored_access.get(key, entry.created) > ACCESS_PERSIST_INTERVAL:
-            self._persist_access(entry)
+        self._index[key] = entry = replace(entry, last_access=self._now())
+        self._persist_access(entry)
         return entry
 
+    def open_entry(self, entry: CacheEntry) -> int:
+        """An fd to read `entry` from: its own regular file of its size, never a symlink; else
+        OSError, and an entry whose file was replaced is dropped (the next request downloads it)."""
+        try:
+            with self._dir(entry.key) as dfd:
+                fd, st = fs.open_regular(dfd, f"{entry.key.platform}.raw")
+            if not self._same_file(entry, st):
+                os.close(fd)
+                raise UnsafePath(errno.ESTALE, "the cached file changed on disk", entry.path)
+        except OSError as e:
+            if self.is_current(entry, check_disk=False):
+                self.log.warn("dropping cache entry {key}: {error}", key=str(entry.key), path=entry.path, error=str(e))
+                self.remove(entry.key)
+            raise
+        return fd
+
+    def is_current(self, entry: CacheEntry, check_disk: bool = True) -> bool:
+        """Whether `entry` is still the indexed entry of its key (and, checked, its file on disk)."""
+        now = self._index.get(entry.key)
+        if now is None or (now.sha256, now.created, now.file_id) != (entry.sha256, entry.created, entry.file_id):
+            return False
+        return not check_disk or self._same_file(entry, self._lstat(entry))
+
+    def mark_verified(self, entry: CacheEntry) -> None:
+        """The scrub found `entry`'s file matching its sha256 now."""
+        if self.is_current(entry, check_disk=False):
+            self._index[entry.key] = updated = replace(self._index[entry.key], verified=self._now())
+            self._persist_access(updated)
+
     def _persist_access(self, entry: CacheEntry) -> None:
+        access, verified = self._stored.get(entry.key, (entry.created, entry.created))
+        if max(entry.last_access - access, entry.verified - verified) <= ACCESS_PERSIST_INTERVAL:
+            return
         try:
             self._write_sidecar(entry)
         except OSError as e:
-            # only the LRU order after a restart suffers: keep serving
-            self.log.warn(
-                "could not record the last access of {key}: {error}", key=str(entry.key), error=str(e)
-            )
+            # only the LRU (and scrub) order after a restart suffers: keep serving
+            self.log.warn("could not record the last access of {key}: {error}", key=str(entry.key), error=str(e))
             return
-        self._stored_access[entry.key] = entry.last_access
+        self._stored[entry.key] = (entry.last_access, entry.verified)
 
     def _forget(self, key: ImageKey) -> CacheEntry | None:
-        self._stored_access.pop(key, None)
+        self._stored.pop(key, None)
         return self._index.pop(key, None)
 
     def entries(self) -> list[CacheEntry]:
@@ -148,90 +216,154 @@ class CacheStore:
 
     # --- writing -----------------------------------------------------------------
 
+    def open_temp(self, key: ImageKey) -> tuple[str, int]:
+        """A fresh temporary file for `key`, mode 0640, no symlink followed: (path, fd).
+
+        The caller owns the fd; the path goes to `commit` or `discard`."""
+        with self._dir(key, create=True) as dfd:
+            name = fs.temp_name(f"{key.platform}.raw")
+            fd = fs.create_file(dfd, name, os.O_RDWR)
+        path = os.path.join(os.path.dirname(self.path_for(key)), name)
+        self._temps.track(path, key, fd)
+        return path, fd
+
     def temp_path(self, key: ImageKey) -> str:
-        final = self.path_for(key)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        return f"{final}{TEMP_MARK}{uuid.uuid4().hex[:12]}"
+        """A temporary name for `key`, its directories made; prefer `open_temp`, which opens it safely."""
+        with self._dir(key, create=True):
+            return fs.temp_name(self.path_for(key))
 
     def discard(self, temp: str) -> None:
+        self._temps.untrack(temp)
         try:
-            os.unlink(temp)
+            key, name = self._locate(temp)
+            with self._dir(key) as dfd:
+                fs.unlink(dfd, name)
         except FileNotFoundError:
             pass
         except OSError as e:
             self.log.warn("could not remove {path}: {error}", path=temp, error=str(e))
 
     def commit(self, key: ImageKey, temp: str, size: int, sha256: str, info: dict[str, Any]) -> CacheEntry | None:
-        """Move a complete, verified, fsynced temp file into place.
+        """Move a complete, verified, fsynced temp file into place (see the module docstring).
 
         Returns None (and removes the file) when the image is larger than the whole cache:
-        it is streamed to its clients (who hold it open) but not kept.
+        it is streamed to its clients (who hold it open) but not kept. On OSError nothing of
+        the new entry is left on disk.
         """
-        st = os.stat(temp)
-        if st.st_size != size:
-            self.discard(temp)
-            raise OSError(f"temporary file of {key} has {st.st_size} bytes, expected {size}")
-        if self.max_size and _disk_usage(st) > self.max_size:
-            self.log.warn(
-                "not caching {key}: {usage} bytes on disk exceed max_cache_size {max}",
-                key=str(key),
-                usage=_disk_usage(st),
-                max=self.max_size,
-            )
-            self.discard(temp)
-            return None
-        now = self._now()
-        final = self.path_for(key)
-        os.utime(temp, (now, now))
-        os.replace(temp, final)
-        entry = CacheEntry(key, final, size, _disk_usage(st), sha256, now, now, dict(info))
-        self._write_sidecar(entry)
-        old = self._index.get(key)
+        self._temps.untrack(temp)
+        _, tname = self._locate(temp, key)
+        with self._dir(key) as dfd:
+            try:
+                fd, st = fs.open_regular(dfd, tname)
+                try:
+                    usage = _disk_usage(st)
+                    if st.st_size != size:
+                        raise OSError(f"temporary file of {key} has {st.st_size} bytes, expected {size}")
+                    now = self._now()
+                    os.fchmod(fd, fs.FILE_MODE)  # a temp made by the caller (temp_path) has the umask's mode
+                    os.utime(fd, (now, now))
+                finally:
+                    os.close(fd)
+            except BaseException:
+                with suppress(OSError):  # the error to report is the first one
+                    fs.unlink(dfd, tname)
+                raise
+            if self.max_size and usage > self.max_size:
+                self.log.warn("not caching {key}: {usage} bytes on disk exceed max_cache_size {max}",
+                              key=str(key), usage=usage, max=self.max_size)
+                fs.unlink(dfd, tname)
+                return None
+            entry = CacheEntry(key, self.path_for(key), size, usage, sha256, now, now, dict(info), now,
+                               (st.st_dev, st.st_ino))
+            self._forget(key)
+            self._commit_steps(dfd, entry, tname)
         self._index[key] = entry
-        self._stored_access[key] = now
-        if old is not None and old.path != final:
-            self._remove_files(old)
+        self._stored[key] = (now, now)
         self.evict()
         return entry
 
-    def _write_sidecar(self, entry: CacheEntry) -> None:
-        doc = {
-            "key": asdict(entry.key),
-            "size": entry.size,
-            "sha256": entry.sha256,
-            "created": entry.created,
-            "last_access": entry.last_access,
-            "info": entry.info,
-        }
-        directory = os.path.dirname(entry.path)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(entry.path) + TEMP_MARK)
+    def _commit_steps(self, dfd: int, entry: CacheEntry, tname: str) -> None:
+        name = f"{entry.key.platform}.raw"
+        side = name + SIDECAR
+        side_tmp = ""
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, entry.path + SIDECAR)
+            if fs.unlink(dfd, side):  # (1) the entry being replaced is no longer whole
+                os.fsync(dfd)
+            side_tmp = fs.write_temp(dfd, side, self._sidecar_doc(entry))  # (2)
+            fs.replace(dfd, tname, name)  # (3)
+            os.fsync(dfd)
+            fs.replace(dfd, side_tmp, side)  # (4)
+            os.fsync(dfd)
         except BaseException:
-            self.discard(tmp)
+            # leave nothing of the key (the entry replaced is gone from the index already);
+            # the sidecar first, so that no sidecar outlives its image
+            for leftover in (side, name, side_tmp, tname):
+                try:
+                    if leftover:
+                        fs.unlink(dfd, leftover)
+                except OSError as e:  # recovery removes it at the next start
+                    self.log.warn("could not remove {name} after a failed commit of {key}: {error}",
+                                  name=leftover, key=str(entry.key), error=str(e))
             raise
 
-    # --- eviction ----------------------------------------------------------------
+    @staticmethod
+    def _sidecar_doc(entry: CacheEntry) -> bytes:
+        doc = entry.describe()
+        key = {f: doc.pop(f) for f in ("version", "arch", "schematic", "platform")}
+        return json.dumps({**doc, "key": key, "verified": entry.verified, "info": entry.info}).encode("utf-8")
 
-    def _remove_files(self, entry: CacheEntry) -> None:
-        for path in (entry.path + SIDECAR, entry.path):
-            self.discard(path)
+    def _write_sidecar(self, entry: CacheEntry) -> None:
+        with self._dir(entry.key) as dfd:
+            fs.write_atomic(dfd, f"{entry.key.platform}.raw{SIDECAR}", self._sidecar_doc(entry))
+
+    # --- space: reservations, eviction ---------------------------------------------
+
+    def reserve(self, key: ImageKey, nbytes: int) -> bool:
+        """Make room before `nbytes` more are written past the end of `key`'s temp file.
+
+        Evicts LRU entries not in use until the free space minus every reservation not yet
+        written stays at or above min_free_space (and the usage within max_cache_size, best
+        effort). False, and nothing reserved, if even that leaves too little free space.
+        """
+        undo = self._temps.reserve(key, nbytes)
+        self.evict()
+        free, pending = self._free_after_pending()
+        if free is None or free - pending >= self.min_free:
+            return True
+        undo()
+        self.log.warn(
+            "no room for {nbytes} more bytes of {key}: {free} bytes free, {pending} reserved, min_free_space {min_free}",
+            nbytes=nbytes, key=str(key), free=free, pending=pending, min_free=self.min_free,
+        )
+        return False
+
+    def release(self, key: ImageKey) -> None:
+        """The end of `key`'s reservation (its download ended)."""
+        self._temps.release(key)
+
+    def _free_after_pending(self) -> tuple[int | None, int]:
+        pending, _ = self._temps.space(self.max_size)
+        if not (self.min_free or pending) or not os.path.isdir(self.root):
+            return None, pending
+        return self._free(self.root), pending
+
+    def _over_budget(self) -> bool:
+        if self.max_size and self.total_usage + self._temps.space(self.max_size)[1] > self.max_size:
+            return True
+        free, pending = self._free_after_pending()
+        return free is not None and free - pending < self.min_free
 
     def remove(self, key: ImageKey) -> None:
         entry = self._forget(key)
-        if entry is not None:
-            self._remove_files(entry)
-
-    def _over_budget(self) -> bool:
-        if self.max_size and self.total_usage > self.max_size:
-            return True
-        if self.min_free and os.path.isdir(self.root) and self._free(self.root) < self.min_free:
-            return True
-        return False
+        if entry is None:
+            return
+        try:
+            with self._dir(key) as dfd:
+                # the sidecar first: a crash in between leaves an image without one, which recovery removes
+                fs.unlink(dfd, f"{key.platform}.raw{SIDECAR}")
+                fs.unlink(dfd, f"{key.platform}.raw")
+        except OSError as e:
+            self.log.warn("could not remove {path}: {error}", path=entry.path, error=str(e))
 
     def evict(self) -> list[ImageKey]:
         """Remove least-recently-used entries not in use until within budget."""
@@ -241,12 +373,8 @@ class CacheStore:
             if not candidates:
                 break
             victim = min(candidates, key=lambda e: e.last_access)
-            self.log.info(
-                "evicting {key} ({usage} bytes, last used {age:.0f}s ago)",
-                key=str(victim.key),
-                usage=victim.disk_usage,
-                age=self._now() - victim.last_access,
-            )
+            self.log.info("evicting {key} ({usage} bytes, last used {age:.0f}s ago)",
+                          key=str(victim.key), usage=victim.disk_usage, age=self._now() - victim.last_access)
             self.remove(victim.key)
             evicted.append(victim.key)
         return evicted
@@ -254,54 +382,60 @@ class CacheStore:
     # --- start-up ----------------------------------------------------------------
 
     def recover(self) -> None:
-        """Remove leftovers of interrupted writes and rebuild the index from the sidecars."""
+        """Remove leftovers (temps, orphans, symlinks, strays) and rebuild the index from the sidecars."""
         self._index.clear()
-        self._stored_access.clear()
-        removed = 0
-        for dirpath, _dirs, files in os.walk(self.images):
-            for name in files:
-                path = os.path.join(dirpath, name)
-                if TEMP_MARK in name:
-                    self.discard(path)
-                    removed += 1
-                elif name.endswith(".raw"):
-                    entry = self._load(path)
-                    if entry is None:
-                        self.log.warn("discarding cache file without a valid sidecar: {path}", path=path)
-                        self._remove_files_at(path)
-                        removed += 1
-                    else:
-                        self._index[entry.key] = entry
-                        self._stored_access[entry.key] = entry.last_access
-                elif name.endswith(".raw" + SIDECAR) and not os.path.exists(path[: -len(SIDECAR)]):
-                    self.discard(path)
+        self._stored.clear()
+        tally: Counter[str] = Counter(removed=0, symlinks=0)
+        for dfd, parts, files in fs.sweep_images(self.root, self.images, self._temps, tally):
+            self._recover_leaf(dfd, parts, set(files), tally)
         self.log.info(
-            "cache at {root}: {count} images, {usage} bytes on disk, {removed} leftovers removed",
-            root=self.root,
-            count=len(self._index),
-            usage=self.total_usage,
-            removed=removed,
+            "cache at {root}: {count} images, {usage} bytes on disk, {removed} leftovers removed ({symlinks} symlinks)",
+            root=self.root, count=len(self._index), usage=self.total_usage, **tally,
         )
         self.evict()
 
-    def _remove_files_at(self, path: str) -> None:
-        self.discard(path + SIDECAR)
-        self.discard(path)
+    def _recover_leaf(self, dfd: int, parts: tuple[str, ...], files: set[str], tally: Counter[str]) -> None:
+        for name in sorted(files):
+            path = os.path.join(self.images, *parts, name)
+            if name.endswith(".raw"):
+                entry = self._load(dfd, name, path)
+                if entry is not None:
+                    self._index[entry.key] = entry
+                    self._stored[entry.key] = (entry.last_access, entry.verified)
+                    continue
+                self.log.warn("discarding cache file without a valid sidecar: {path}", path=path)
+                doomed = [name, name + SIDECAR]
+            elif name.endswith(".raw" + SIDECAR) and name[: -len(SIDECAR)] in files:
+                continue  # judged with its image
+            else:
+                if not name.endswith(".raw" + SIDECAR):
+                    self.log.warn("removing unexpected file {path} from the cache", path=path)
+                doomed = [name]
+            tally["removed"] += 1
+            for victim in doomed:
+                try:
+                    fs.unlink(dfd, victim)
+                except OSError as e:
+                    self.log.warn("could not remove {path}: {error}", path=path, error=str(e))
 
-    def _load(self, path: str) -> CacheEntry | None:
+    def _load(self, dfd: int, name: str, path: str) -> CacheEntry | None:
         try:
-            with open(path + SIDECAR, encoding="utf-8") as f:
-                doc = json.load(f)
-            key = ImageKey(**doc["key"])
-            st = os.stat(path)
-            if self.path_for(key) != path or st.st_size != doc["size"]:
+            doc = fs.read_json(dfd, name + SIDECAR)
+            key = ImageKey(**{k: str(v) for k, v in doc["key"].items()})
+            fd, st = fs.open_regular(dfd, name)
+            try:
+                fs.tighten(fd, st, fs.FILE_MODE)
+            finally:
+                os.close(fd)
+            # the sidecar must name the place it is found in: a copied or forged one does not
+            if self.path_for(key) != path or st.st_size != doc["size"] or not _is_sha256(doc["sha256"]):
                 return None
-            sha = doc["sha256"]
-            if not (isinstance(sha, str) and len(sha) == 64):
-                return None
-            return CacheEntry(
-                key, path, int(doc["size"]), _disk_usage(st), sha, float(doc["created"]),
-                float(doc.get("last_access", doc["created"])), dict(doc.get("info") or {}),
+            created = float(doc["created"])
+            entry = CacheEntry(
+                key, path, int(doc["size"]), _disk_usage(st), doc["sha256"], created,
+                float(doc.get("last_access", created)), dict(doc.get("info") or {}),
+                float(doc.get("verified", created)), (st.st_dev, st.st_ino),
             )
-        except (OSError, ValueError, KeyError, TypeError):
+            return entry if self._same_file(entry, st) else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None

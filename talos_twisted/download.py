@@ -24,7 +24,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from talos_twisted import transfer as t
+from talos_twisted import transfer as t, xzformat, zstdformat
 from talos_twisted.cache import CacheEntry, CacheStore
 from talos_twisted.decompress import Decoder, DecompressError, make_decoder
 from talos_twisted.errors import InternalError, StorageError, TalosError, UpstreamCorrupt
@@ -49,6 +49,9 @@ class DownloadContext:
     max_output: int = 1024 * 1024
     policy: t.ResumePolicy = t.ResumePolicy()
     rng: random.Random = field(default_factory=random.Random)
+    # images whose upstream declared a raw size its body then contradicted: their next
+    # download does not trust the declaration (an upstream writing several zstd frames)
+    distrust: set[ImageKey] = field(default_factory=set)
 
 
 class _BodyReceiver(Protocol):
@@ -61,7 +64,7 @@ class _BodyReceiver(Protocol):
         self._download._transport_for(self._generation, cast(IPushProducer, self.transport))
 
     def dataReceived(self, data: bytes) -> None:
-        self._download._apply(self._download.machine.body(self._generation, data))
+        self._download._body(self._generation, data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._download._body_ended(self._generation, reason)
@@ -107,6 +110,8 @@ class Download:
         self._resume_call: IDelayedCall | None = None
         self._listeners: list[Callable[[], None]] = []
         self.first_data: OneShot[None] = OneShot()  # a byte is readable, or the download ended
+        self.size_known: OneShot[int | None] = OneShot()  # the raw size, None: not before the end
+        self._zstd_head: bytearray | None = bytearray() if ctx.compression == "zst" else None
         self.ended: OneShot[None] = OneShot()
         self.settled: OneShot[None] = OneShot()  # ended, and no file or thread is left open
 
@@ -186,6 +191,61 @@ class Download:
         # broken transfer can continue from the compressed offset reached
         self._range_url = response.request.absoluteURI if accepts else None
         self._apply(self.machine.opened(length, accepts), response)
+        self._probe_size(length)
+
+    # --- the raw size, as early as the upstream tells it ------------------------------------
+
+    def _probe_size(self, length: int | None) -> None:
+        compression = self._ctx.compression
+        if self.key in self._ctx.distrust:
+            self._apply(self.machine.size_declared(None))
+        elif compression == "none":
+            self._apply(self.machine.size_declared(length))
+        elif compression == "xz":
+            if self._range_url is not None and length is not None:
+                # the total is only in the index at the end: read the footer and index with
+                # a small ranged request while the body streams
+                Deferred.fromCoroutine(self._xz_tail(self._range_url, length))
+            else:
+                self._apply(self.machine.size_declared(None))
+        # zst: the frame header, in the first bytes of the body (`_body`)
+
+    async def _xz_tail(self, url: bytes, length: int) -> None:
+        size: int | None = None
+        try:
+            first, last = xzformat.tail_range(length)
+            for _ in range(2):  # the guess, then the index's exact size if it was larger
+                tail = await self._ctx.factory.read_range(url, first, last)
+                if tail is None:
+                    break
+                found = xzformat.raw_size_from_tail(tail, length)
+                if isinstance(found, xzformat.NeedMore):
+                    first = found.start
+                    continue
+                size = found if isinstance(found, int) else None
+                break
+        except Exception as e:  # the size stays unknown until the end; the body decides
+            self.log.info("no early size for {key}: {error}", key=str(self.key), error=str(e))
+        self._apply(self.machine.size_declared(size))
+
+    def _body(self, generation: int, data: bytes) -> None:
+        head = self._zstd_head
+        if head is not None and not self.machine.size_settled and generation == self.machine.generation:
+            if self.machine.received == 0 and head:
+                head.clear()  # a new attempt from byte 0
+            head += data[: 4096 - len(head)]
+            try:
+                found = zstdformat.frame_content_size(bytes(head))
+            except zstdformat.ZstdFormatError:
+                found = None  # the decoder will say what is wrong
+            if isinstance(found, zstdformat.NeedMore) and len(head) >= 4096:
+                found = None  # skippable frames this long: not worth waiting for
+            if not isinstance(found, zstdformat.NeedMore):
+                self._zstd_head = None
+                self._apply(self.machine.body(generation, data))
+                self._apply(self.machine.size_declared(found))
+                return
+        self._apply(self.machine.body(generation, data))
 
     def _decoder(self) -> Decoder:
         return make_decoder(self._ctx.compression, self._ctx.max_output)
@@ -287,10 +347,19 @@ class Download:
                     self._ctx.slots.release()
             case t.Settled():
                 self.settled.fire(None)
+            case t.SizeKnown(size=size):
+                if size is not None:
+                    self.log.info("{key} is {size} bytes (declared by the upstream)", key=str(self.key), size=size)
+                self.size_known.fire(size)
+                self._notify()
             case _:
                 raise AssertionError(f"unhandled effect {effect!r}")
 
     def _end(self) -> None:
+        error = self.machine.error
+        if isinstance(error, t.SizeMismatch):
+            self._ctx.distrust.add(self.key)
+        self.size_known.fire(self.machine.size)
         self.first_data.fire(None)
         self.ended.fire(None)
         self._notify()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from talos_twisted.cache import CacheEntry, CacheStore
 from talos_twisted.download import Download
 from talos_twisted.errors import TalosError, TooLarge, Unavailable
-from talos_twisted.observe import within
+from talos_twisted.observe import OneShot, within
 from talos_twisted.request import ImageKey, ResolvedImage
 from talos_twisted.stream import SourceState
 from talos_twisted.transfer import State
@@ -30,8 +30,9 @@ RETRY_AFTER = 30
 
 
 class Need(Enum):
-    NOTHING = "nothing"  # HEAD: start the download, wait for nothing
-    FIRST_BYTE = "first byte"  # a GET streams from the first byte on
+    NOTHING = "nothing"  # start the download, wait for nothing
+    SIZE = "size"  # HEAD: the raw size, when the upstream declares it early
+    FIRST_BYTE = "first byte"  # a GET streams from the first byte on (with the size if it comes)
     COMPLETE = "complete"  # the .sha256 needs the whole image
 
 
@@ -49,6 +50,11 @@ class LiveSource:
 
     def available(self) -> int:
         return self._download.available
+
+    def size(self) -> int | None:
+        """The final raw size, once the upstream has declared it."""
+        m = self._download.machine
+        return m.size if m.size_settled else None
 
     def state(self) -> SourceState:
         st = self._download.state
@@ -104,7 +110,7 @@ class Downloads:
             out.append({
                 "key": str(d.key), "version": d.key.version, "arch": d.key.arch, "platform": d.key.platform,
                 "schematic": d.key.schematic, "url_path": d.image.url_path(), "state": d.state.value,
-                "bytes": d.available, "compressed_bytes": d.machine.received, "size": None,
+                "bytes": d.available, "compressed_bytes": d.machine.received, "size": LiveSource(d).size(),
                 "elapsed": round(elapsed, 3), "rate": round(d.available / elapsed), "followers": d.followers,
             })
         return out
@@ -145,9 +151,22 @@ class Downloads:
         outcome = "JOIN" if joined else "MISS"
         if need is Need.NOTHING:
             return Live(LiveSource(download), outcome)
-        event = download.first_data if need is Need.FIRST_BYTE else download.ended
-        await within(event, timeout, self._clock)
+        deadline = None if timeout is None else self._clock.seconds() + timeout
+        events: list[OneShot[Any]]
+        if need is Need.SIZE:
+            events = [download.size_known]
+        elif need is Need.FIRST_BYTE:
+            events = [download.first_data, download.size_known]
+        else:
+            events = [download.ended]
+        for event in events:
+            left = None if deadline is None else max(0.0, deadline - self._clock.seconds())
+            if not await within(event, left, self._clock):
+                break
         state = download.state
+        if need is Need.SIZE and state != State.COMMITTED:
+            # Ironic's pre-deploy HEAD check must never fail: what a GET would meet, it meets then
+            return Live(LiveSource(download), outcome)
         if state == State.FAILED:
             assert download.error is not None
             raise download.error

@@ -18,7 +18,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
-from twisted.web.iweb import IResponse
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from talos_twisted.backoff import Backoff
 from talos_twisted.catalog import Catalog
@@ -91,6 +93,11 @@ def status_error(code: int, body: bytes, what: str) -> UpstreamError:
         # the factory is failing or overloaded: a retry later may well succeed
         return UpstreamFailing(msg, retryable=True)
     return UpstreamError(msg)
+
+
+class _Discard(Protocol):
+    def connectionMade(self) -> None:
+        cast(IPushProducer, self.transport).stopProducing()
 
 
 class FactoryClient:
@@ -298,3 +305,23 @@ class FactoryClient:
             reactor=self._clock,
         )
         return cast(IResponse, resp)  # treq's response wraps an IResponse
+
+    async def read_range(self, url: bytes, first: int, last: int) -> bytes | None:
+        """The bytes [first, last] of `url` if the server answers them as a 206, else None.
+
+        A server that ignores Range would send the whole body: it is abandoned unread.
+        """
+        resp = await self._http.get(
+            url.decode("ascii"),
+            headers={"Range": f"bytes={first}-{last}"},
+            unbuffered=True,
+            timeout=self._timeout,
+            reactor=self._clock,
+        )
+        start, _total = content_range(resp)
+        wanted = last - first + 1
+        if resp.code != 206 or start != first or resp.length is UNKNOWN_LENGTH or resp.length > wanted:
+            resp.original.deliverBody(_Discard())
+            return None
+        body = await resp.content()
+        return cast(bytes, body)

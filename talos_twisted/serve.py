@@ -1,8 +1,10 @@
-"""Serving a complete cached file: validators, conditional requests, ranges, one producer.
+"""Serving an image: a cached file, or a download's growing file, with ranges.
 
 The response plan (status, headers, the spans of the body) is pure
 (`talos_twisted.http_ranges.plan_response`); this module applies it to a request and
-hands every span to one `Streamer`.
+hands every span to one `Streamer`. A download whose final size is known is served like a
+cached file (Content-Length, ranges), spans beyond what is written following the download;
+only validators (ETag, Last-Modified, conditional requests) wait for the image's sha256.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from twisted.web.http import datetimeToString
 from talos_twisted.cache import CacheEntry, CacheStore
 from talos_twisted.errors import TalosError, Unavailable
 from talos_twisted.http_ranges import plan_response
+from talos_twisted.downloads import LiveSource
 from talos_twisted.stream import FileSource, Span, Streamer
 
 
@@ -27,6 +30,49 @@ def _header(request: Any, name: bytes) -> str | None:
     raw = request.requestHeaders.getRawHeaders(name)
     # latin-1 maps every byte to a character: any header value can be looked at
     return raw[0].decode("latin-1") if raw else None
+
+
+def stamp_date(request: Any) -> None:
+    """`Date` as the head is sent: twisted.web stamps it when the request arrived, and an
+    answer may have waited for the factory since (RFC 9110 §6.6.1)."""
+    request.setHeader("Date", datetimeToString())
+
+
+async def serve_live(
+    request: Any,  # twisted.web.server.Request
+    source: LiveSource,
+    *,
+    clock: IReactorTime,
+    stall_timeout: float,
+    max_ranges: int = 16,
+) -> int:
+    """Answer `request` from a running download; returns the file bytes sent."""
+    size = source.size()
+    spans = [Span(0, None)]
+    trailer = b""
+    if size is not None:
+        request.setHeader("Accept-Ranges", "bytes")
+        # no validators yet: an If-Range cannot match, so it means the whole image
+        range_header = None if _header(request, b"if-range") else _header(request, b"range")
+        plan = plan_response(
+            method=request.method.decode("latin-1"), size=size, etag="", mtime=0.0,
+            range_header=range_header, if_range=None, if_none_match=None, if_modified_since=None,
+            max_ranges=max_ranges, boundary=uuid.uuid4().hex,
+        )
+        if plan.status == 416:
+            request.setHeader("Content-Range", f"bytes */{size}")
+            raise RangeNotSatisfiable(f"the requested range is not within the image's {size} bytes")
+        request.setResponseCode(plan.status)
+        for name, value in plan.headers:
+            request.setHeader(name, value)
+        spans = [Span(p.start, p.end, p.prefix) for p in plan.parts]
+        trailer = plan.trailer
+    stamp_date(request)
+    if request.method == b"HEAD":
+        return 0
+    streamer = Streamer(request, source.open(), source, clock, spans, trailer, stall_timeout=stall_timeout)
+    await streamer.start()
+    return streamer.sent
 
 
 async def serve_entry(
@@ -60,6 +106,7 @@ async def serve_entry(
     if plan.status == 416:
         request.setHeader("Content-Range", f"bytes */{size}")
         raise RangeNotSatisfiable(f"the requested range is not within the image's {size} bytes")
+    stamp_date(request)
     if plan.status == 412:
         request.setResponseCode(412)
         return 0

@@ -163,11 +163,14 @@ class Streamer:
                 # may call pauseProducing synchronously when the socket buffer fills
                 self._request.write(data)
                 continue
+            if span.end is not None and self._offset >= span.end:
+                self._next_span()  # a span within a growing file needs no more of it
+                continue
             state = self._source.state()
             if state == SourceState.FAILED:
                 self._abort()
                 return
-            if state == SourceState.COMPLETE and (span.end is None or self._offset >= span.end):
+            if state == SourceState.COMPLETE:
                 self._next_span()
                 continue
             return  # caught up with a growing file: the next progress event calls _pump

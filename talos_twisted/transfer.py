@@ -20,7 +20,7 @@ from enum import Enum
 from typing import Callable, TypeAlias
 
 from talos_twisted.backoff import full_jitter
-from talos_twisted.errors import TalosError, UpstreamError
+from talos_twisted.errors import TalosError, UpstreamCorrupt, UpstreamError
 
 HIGH_WATER = 4 * 1024 * 1024  # queued upstream bytes before the upstream is paused
 LOW_WATER = 1 * 1024 * 1024  # ... and resumed
@@ -151,11 +151,22 @@ class Settled:
     """Ended, and nothing of the download is left open: no thread holds the file."""
 
 
+@dataclass(frozen=True)
+class SizeKnown:
+    """The raw size is known (`size`), or known not to be knowable before the end (None)."""
+
+    size: int | None
+
+
 Effect: TypeAlias = (
     Attach | PauseUpstream | ResumeUpstream | StopUpstream | ArmIdle | DisarmIdle | Write | Restart | Finish
     | ScheduleResume | CancelResume | OpenRange | OpenFresh | Progress | Commit | Committed | Failed | Discard
-    | ReleaseSlot | Settled
+    | ReleaseSlot | Settled | SizeKnown
 )
+
+
+class SizeMismatch(UpstreamCorrupt):
+    """The body contradicts the raw size the upstream declared (several zstd frames?)."""
 
 
 class _RestartMark:
@@ -213,6 +224,8 @@ class Transfer:
         self._eof = False  # the current body ended cleanly
         self._holding_slot = False
         self._has_file = False  # a temp file exists (after the first response)
+        self.size: int | None = None  # the raw size the upstream declared
+        self.size_settled = False  # whether `size` is as known as it will be before the end
         self._why = ""  # what interrupted the body last
         self._failing_since: float | None = None  # the first failure without progress since
         self._progress_mark = 0  # the compressed offset reached before that failure
@@ -331,12 +344,33 @@ class Transfer:
             return []
         return self._interrupted(f"{self._why}; resuming failed: {message}", stop=False)
 
+    # --- inputs: the size ------------------------------------------------------------------
+
+    def size_declared(self, size: int | None) -> list[Effect]:
+        """The upstream declared the raw size (a zstd frame header, the xz index, a raw
+        body's length), or said it cannot be known before the end (None)."""
+        if self.ended or self.size_settled:
+            return []
+        self.size_settled = True
+        self.size = size
+        if size is not None and self.available > size:
+            return self._contradicted(self.available)
+        return [SizeKnown(size)]
+
+    def _contradicted(self, actual: int) -> list[Effect]:
+        return self._fail(SizeMismatch(
+            f"the image factory declared a raw size of {self.size} bytes, but the image holds"
+            f" {'more' if actual > (self.size or 0) else actual} bytes"
+        ))
+
     # --- inputs: the writer --------------------------------------------------------------
 
     def progress(self, available: int) -> list[Effect]:
         """The writer reports, mid-batch, that more bytes are readable."""
         if available <= self.available or self.ended:
             return []
+        if self.size is not None and available > self.size:
+            return self._contradicted(available)
         self.available = available
         return [Progress(available)]
 
@@ -350,6 +384,8 @@ class Transfer:
         if self._paused and self._queued < LOW_WATER:
             self._paused = False
             effects.append(ResumeUpstream())
+        if self.size is not None and available > self.size:
+            return effects + self._contradicted(available)
         if available > self.available:
             self.available = available
             effects.append(Progress(available))
@@ -360,8 +396,12 @@ class Transfer:
         self._writer_busy = False
         if self.ended:
             return self._settle_failed()
+        if self.size is not None and size != self.size:
+            return self._contradicted(size)
         self.available = size
-        return [Commit(size, sha256)]
+        effects: list[Effect] = [] if self.size_settled else [SizeKnown(size)]
+        self.size, self.size_settled = size, True
+        return effects + [Commit(size, sha256)]
 
     def committed(self) -> list[Effect]:
         if self.ended:

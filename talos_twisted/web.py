@@ -26,11 +26,11 @@ from talos_twisted.config import TalosConfig
 from talos_twisted.downloads import Downloads, Hit, Need
 from talos_twisted.errors import BadRequest, Disabled, InternalError, TalosError
 from talos_twisted.factory import FactoryClient
+from talos_twisted.http_conditional import etag_list_matches
 from talos_twisted.metrics import Metrics
 from talos_twisted.request import ResolvedImage, parse_image_request
 from talos_twisted.resolver import ImageResolver
-from talos_twisted.serve import serve_entry
-from talos_twisted.stream import Streamer
+from talos_twisted.serve import serve_entry, serve_live, stamp_date
 from talos_twisted.versions import InvalidVersion, Version, newest_stable, parse_version_list
 
 # headers that describe an image body, dropped when the answer becomes an error
@@ -44,6 +44,7 @@ def render_error(request: Any, error: TalosError) -> bytes:
     request.setHeader("Cache-Control", "no-store")
     for h in _BODY_HEADERS:
         request.responseHeaders.removeHeader(h)
+    stamp_date(request)
     if error.retry_after:
         request.setHeader("Retry-After", str(error.retry_after))
     return json.dumps({"error": error.message, "status": error.status}).encode() + b"\n"
@@ -113,11 +114,13 @@ class TalosImages:
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: Any) -> bytes:
         request.setHeader("Content-Type", "application/json")
+        request.setHeader("Cache-Control", "no-store")
         return b'{"status": "ok"}\n'
 
     @app.route("/readyz", methods=["GET"])
     def readyz(self, request: Any) -> bytes:
         request.setHeader("Content-Type", "application/json")
+        request.setHeader("Cache-Control", "no-store")
         writable = os.access(self.cache.root, os.W_OK)
         if not writable:
             request.setResponseCode(503)
@@ -126,6 +129,7 @@ class TalosImages:
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: Any) -> bytes:
         request.setHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        request.setHeader("Cache-Control", "no-store")
         return self.stats.render()
 
     # --- the operator's status page -------------------------------------------------------
@@ -150,8 +154,10 @@ class TalosImages:
 
     # --- discovery -------------------------------------------------------------------
 
-    def _json(self, request: Any, doc: Any) -> bytes:
+    def _json(self, request: Any, doc: Any, cache_control: str = "max-age=60") -> bytes:
+        # discovery answers change rarely; the operator's live state must never be cached
         request.setHeader("Content-Type", "application/json")
+        request.setHeader("Cache-Control", cache_control)
         return json.dumps(doc, indent=2).encode() + b"\n"
 
     @app.route("/images/talos/versions", methods=["GET"])
@@ -170,7 +176,7 @@ class TalosImages:
             "disk_usage": self.cache.total_usage,
             "max_cache_size": self.cache.max_size,
             "downloads": [str(d.key) for d in self.downloads.active()],
-        })
+        }, cache_control="no-store")
 
     async def _catalog(self, version: str) -> Any:
         self._require_enabled()
@@ -202,9 +208,10 @@ class TalosImages:
         if req.checksum:
             return await self._checksum(request, image)
         head = request.method == b"HEAD"
-        # HEAD never waits for a download: Ironic's HEAD check thereby warms the cache
+        # a HEAD of a miss starts the download (Ironic's HEAD check thereby warms the cache)
+        # and waits only for the size, which qemu-img and Ironic read from it
         found = await self.downloads.follow(
-            image, Need.NOTHING if head else Need.FIRST_BYTE, self.config.first_byte_timeout
+            image, Need.SIZE if head else Need.FIRST_BYTE, self.config.first_byte_timeout
         )
         self._describe(request, image, found.outcome)
         if isinstance(found, Hit):
@@ -212,15 +219,10 @@ class TalosImages:
                 request, found.entry, cache=self.cache, clock=self.clock,
                 stall_timeout=self.config.client_stall_timeout,
             )
-        elif head:
-            return b""
         else:
-            source = found.source
-            streamer = Streamer(
-                request, source.open(), source, self.clock, stall_timeout=self.config.client_stall_timeout
+            sent = await serve_live(
+                request, found.source, clock=self.clock, stall_timeout=self.config.client_stall_timeout
             )
-            await streamer.start()
-            sent = streamer.sent
         self.stats.bytes_sent.inc(sent)
         return b""
 
@@ -238,7 +240,7 @@ class TalosImages:
             query = request.uri.partition(b"?")[2]
             request.setHeader("Content-Location", location + ("?" + query.decode("ascii", "replace") if query else ""))
         else:
-            request.setHeader("Cache-Control", "public, max-age=86400")
+            request.setHeader("Cache-Control", "max-age=86400")
 
     async def _checksum(self, request: Any, image: ResolvedImage) -> bytes:
         head = request.method == b"HEAD"
@@ -248,8 +250,18 @@ class TalosImages:
         request.setHeader("X-Talos-Version", image.version)
         request.setHeader("X-Talos-Schematic", image.schematic.id)
         request.setHeader("Content-Type", "text/plain; charset=utf-8")
-        request.setHeader("Cache-Control", "no-cache" if image.latest else "public, max-age=86400")
+        request.setHeader("Cache-Control", "no-cache" if image.latest else "max-age=86400")
+        stamp_date(request)
         if not isinstance(found, Hit):
             return b""
-        request.setHeader("ETag", found.entry.etag)
-        return f"{found.entry.sha256}  {image.platform}.raw\n".encode()
+        body = f"{found.entry.sha256}  {image.platform}.raw\n".encode()
+        # its own representation: a strong ETag of its own, not the image's
+        etag = f'"sha256sum-{found.entry.sha256}"'
+        request.setHeader("ETag", etag)
+        request.setHeader("Content-Length", str(len(body)))
+        inm = request.getHeader("if-none-match")
+        if inm is not None and etag_list_matches(inm, etag, strong=False):
+            request.setResponseCode(304)
+            request.responseHeaders.removeHeader("Content-Length")
+            return b""
+        return b"" if head else body

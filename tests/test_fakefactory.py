@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import json
 import lzma
+import subprocess
 
 import pytest
 import pytest_twisted
@@ -25,6 +26,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.server import Site
 
 from talos_twisted.testing.fakefactory import DEFAULT_VERSIONS, FakeFactory, Options, makeService
+from talos_twisted.decompress import make_decoder
 from talos_twisted.testing.fakefactory.faults import BodyProducer
 from talos_twisted.versions import Version
 
@@ -219,18 +221,27 @@ async def test_image_bodies_decompress_to_raw_image():
     for absent in ("etag", "last-modified", "accept-ranges"):
         assert not h.hasHeader(absent)
     data, streams = xz_streams(body)
-    assert data == raw and streams > 1
+    assert data == raw and streams == 1  # factory-shaped by default
     assert body == fake.compressed_image(QGA_ID, "v1.11.2", "openstack", "amd64", "xz")
 
     resp, body = await get(http, image_url(path="openstack-amd64.raw.zst"))
     assert resp.headers.getRawHeaders("content-type") == ["application/zstd"]
     data, frames = zstd_frames(body)
+    assert data == raw and frames == 1
+
+    fake.body_shape = "multi"
+    _, body = await get(http, image_url())
+    data, streams = xz_streams(body)
+    assert data == raw and streams > 1
+    _, body = await get(http, image_url(path="openstack-amd64.raw.zst"))
+    data, frames = zstd_frames(body)
     assert data == raw and frames > 1
+    fake.body_shape = "factory"
 
     resp, body = await get(http, image_url(path="openstack-x86_64.raw"))  # alias, uncompressed
     assert body == raw
     assert hashlib.sha256(body).hexdigest() == fake.raw_sha256(QGA_ID, "v1.11.2", "openstack", "amd64")
-    assert fake.counts["image_get"] == 3
+    assert fake.counts["image_get"] == 5
 
 
 @pytest_twisted.ensureDeferred
@@ -337,6 +348,107 @@ def test_images_are_deterministic_and_generation_changes_them():
     assert a.raw_image(*args) != raw and len(a.raw_image(*args)) == len(raw)
     assert a.raw_sha256(*args) != sha
     assert a.raw_sha256(*args) == hashlib.sha256(a.raw_image(*args)).hexdigest()
+
+
+# -- body shapes ---------------------------------------------------------------------------
+
+ODD_SIZE = 3 * MiB + 12345  # the last xz block and zstd input are not a whole MiB
+
+
+def shaped(shape: str, compression: str, size: int = ODD_SIZE, path: str = "metal") -> tuple[bytes, bytes]:
+    """(raw image, compressed body) of a fake with ``body_shape = shape``."""
+    fake = FakeFactory(image_size=size)
+    fake.body_shape = shape
+    fake.add_schematic(QGA_YAML)
+    args = (QGA_ID, "v1.11.2", path, "amd64")
+    return fake.raw_image(*args), fake.compressed_image(*args, compression)
+
+
+def xz_list(tmp_path, blob: bytes) -> dict[str, list[list[str]]]:
+    path = tmp_path / "body.xz"
+    path.write_bytes(blob)
+    out = subprocess.run(["xz", "--robot", "--list", "-vv", str(path)], stdout=subprocess.PIPE, check=True, text=True)
+    rows: dict[str, list[list[str]]] = {}
+    for line in out.stdout.splitlines():
+        rows.setdefault(line.split("\t")[0], []).append(line.split("\t"))
+    return rows
+
+
+def zstd_list(tmp_path, blob: bytes) -> str:
+    path = tmp_path / "body.zst"
+    path.write_bytes(blob)
+    return subprocess.run(["zstd", "-lv", str(path)], stdout=subprocess.PIPE, check=True, text=True).stdout
+
+
+def test_default_xz_body_is_one_stream_of_1mib_blocks_with_sizes(tmp_path):
+    raw, body = shaped("factory", "xz")
+    assert FakeFactory.body_shape == "factory"
+    rows = xz_list(tmp_path, body)
+    assert len(rows["stream"]) == 1 and rows["stream"][0][8] == "CRC64"
+    blocks = rows["block"]
+    assert [int(r[7]) for r in blocks] == [MiB, MiB, MiB, 12345]  # uncompressed size of each block
+    assert [r[12] for r in blocks] == ["cu"] * 4  # compressed and uncompressed sizes in every header
+    assert all(r[15] == "--lzma2=dict=256KiB" for r in blocks)  # xz -0
+    assert rows["summary"][0][2] == "yes"  # what lets xz -T0 (and a splitter) decode blocks in parallel
+    assert lzma.decompress(body) == raw
+    assert shaped("factory", "xz")[1] == body  # deterministic
+
+
+def test_default_zst_body_is_one_frame_with_content_size(tmp_path):
+    raw, body = shaped("factory", "zst")
+    params = zstandard.get_frame_parameters(body)
+    assert params.content_size == ODD_SIZE and params.has_checksum
+    listing = zstd_list(tmp_path, body)
+    assert "# Zstandard Frames: 1\n" in listing and f"({ODD_SIZE} B)" in listing
+    data, frames = zstd_frames(body)
+    assert data == raw and frames == 1
+    assert shaped("factory", "zst")[1] == body  # deterministic
+
+
+def test_body_shape_multi_has_several_streams_and_frames(tmp_path):
+    raw, xz_body = shaped("multi", "xz")
+    rows = xz_list(tmp_path, xz_body)
+    assert len(rows["stream"]) > 1 and xz_streams(xz_body) == (raw, len(rows["stream"]))
+    _, zst_body = shaped("multi", "zst")
+    data, frames = zstd_frames(zst_body)
+    assert data == raw and frames > 1
+    assert zstandard.get_frame_parameters(zst_body).content_size < ODD_SIZE  # the first frame's only
+
+
+def test_body_shape_no_sizes(tmp_path):
+    raw, xz_body = shaped("no-sizes", "xz")
+    rows = xz_list(tmp_path, xz_body)
+    assert len(rows["stream"]) == 1 and [r[12] for r in rows["block"]] == ["--"]  # one block, like xz -T1
+    assert rows["summary"][0][2] == "no" and lzma.decompress(xz_body) == raw
+    _, zst_body = shaped("no-sizes", "zst")
+    assert zstandard.get_frame_parameters(zst_body).content_size == zstandard.CONTENTSIZE_UNKNOWN
+    data, frames = zstd_frames(zst_body)
+    assert data == raw and frames == 1
+
+
+def test_body_shape_is_validated_and_boot_assets_keep_one_stream():
+    fake = FakeFactory(image_size=MiB)
+    fake.add_schematic(QGA_YAML)
+    fake.body_shape = "zip"
+    with pytest.raises(ValueError, match="body_shape"):
+        fake.compressed_image(QGA_ID, "v1.11.2", "metal", "amd64", "xz")
+    for shape in ("factory", "multi", "no-sizes"):
+        fake.body_shape = shape
+        initramfs = fake.asset(QGA_ID, "v1.11.2", "initramfs-amd64.xz")
+        assert xz_streams(initramfs)[1] == 1
+
+
+@pytest.mark.parametrize("shape", ["factory", "multi", "no-sizes"])
+@pytest.mark.parametrize("compression", ["xz", "zst"])
+def test_daemon_decoders_decode_every_shape(shape, compression):
+    raw, body = shaped(shape, compression)
+    decoder = make_decoder(compression)
+    out = bytearray()
+    for i in range(0, len(body), 4099):  # pieces that cut through every header
+        for piece in decoder.feed(body[i : i + 4099]):
+            out += piece
+    decoder.finish()
+    assert bytes(out) == raw
 
 
 # -- over a real socket --------------------------------------------------------------------
@@ -529,19 +641,24 @@ async def test_head_image_same_headers_no_body(served):
 def test_options_defaults_and_errors():
     o = Options()
     o.parseOptions([])
-    assert (o["listen"], o["image-size"], o["build-delay"], o["rate-limit"], o["redirect"]) == (
+    assert (o["listen"], o["image-size"], o["build-delay"], o["rate-limit"], o["redirect"], o["body-shape"]) == (
         "tcp:9080",
         64 * MiB,
         0.0,
         0,
         0,
+        "factory",
     )
     o = Options()
     o.parseOptions(
         ["--listen", "tcp:0", "--image-size", "1048576", "--build-delay", "2.5", "--rate-limit", "1000", "--redirect"]
     )
     assert (o["image-size"], o["build-delay"], o["rate-limit"], o["redirect"]) == (MiB, 2.5, 1000, 1)
-    for bad in (["--image-size", "0"], ["--build-delay", "-1"], ["--rate-limit", "x"]):
+    for shape in ("factory", "multi", "no-sizes"):
+        o = Options()
+        o.parseOptions(["--body-shape", shape])
+        assert o["body-shape"] == shape
+    for bad in (["--image-size", "0"], ["--build-delay", "-1"], ["--rate-limit", "x"], ["--body-shape", "zip"]):
         with pytest.raises(usage.UsageError):
             Options().parseOptions(bad)
 
@@ -549,12 +666,12 @@ def test_options_defaults_and_errors():
 @pytest_twisted.ensureDeferred
 async def test_make_service_and_plugin():
     o = Options()
-    o.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--build-delay", "1", "--redirect"])
+    o.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--build-delay", "1", "--redirect", "--body-shape", "multi"])
     svc = makeService(o)
     assert isinstance(svc, MultiService)
     (child,) = list(svc)
     assert isinstance(child, StreamServerEndpointService)
-    assert svc.fake.build_delay == 1.0 and svc.fake.redirect is True
+    assert svc.fake.build_delay == 1.0 and svc.fake.redirect is True and svc.fake.body_shape == "multi"
     svc.startService()
     await svc.stopService()
     plugin = importlib.import_module("twisted.plugins.talos_fake_factory").talos_fake_factory

@@ -215,13 +215,32 @@ async def test_secureboot_disk_images():
     raw = fake.raw_image(sid, "v1.11.2", "metal", "amd64", secureboot=True)
     assert len(raw) == fake.raw_size() and raw != fake.raw_image(sid, "v1.11.2", "metal", "amd64")
     _, body = await get(http, url(sid, "metal-amd64-secureboot.raw.xz"))
-    assert lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(body) == raw[: len(raw) // 4]  # first stream
+    d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    assert d.decompress(body) == raw and d.eof and not d.unused_data  # one stream, as the imager writes it
     assert body == fake.compressed_image(sid, "v1.11.2", "metal", "amd64", "xz", secureboot=True)
     _, body = await get(http, url(sid, "metal-amd64-secureboot.raw"))
     assert body == raw
     _, body = await get(http, url(sid, "metal-amd64-secureboot.raw.zst"))
     d = zstandard.ZstdDecompressor().decompressobj()
     assert raw.startswith(d.decompress(body))
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("path", ["metal-amd64.raw", "metal-amd64-secureboot.raw", "metal-amd64.qcow2"])
+async def test_disk_images_are_shaped_as_the_imager_writes_them(path):
+    # xz -0 -T0: one stream of 1 MiB blocks with both sizes in their headers (so the
+    # index's uncompressed size is the sum of the blocks'); zstd -T0: one frame with the
+    # content size in its header
+    fake, http, sid = make(image_size=2 * MiB + 1)
+    _, xz_body = await get(http, url(sid, path + ".xz"))
+    d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    raw = d.decompress(xz_body)
+    assert len(raw) == 2 * MiB + 1 and d.eof and not d.unused_data
+    assert xz_body[12 + 1] & 0xC0 == 0xC0  # first block header: compressed and uncompressed size present
+    _, zst_body = await get(http, url(sid, path + ".zst"))
+    assert zstandard.get_frame_parameters(zst_body).content_size == len(raw)
+    d2 = zstandard.ZstdDecompressor().decompressobj()
+    assert d2.decompress(zst_body) == raw and d2.eof and not d2.unused_data
 
 
 @pytest_twisted.ensureDeferred

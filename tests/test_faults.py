@@ -16,7 +16,7 @@ import talos_twisted.writer as writer_module
 from talos_twisted.schematic import Schematic
 
 from .conftest import MiB, listen
-from .rawhttp import assert_aborted, dechunk, open_raw
+from .rawhttp import assert_aborted, body_of, open_raw
 
 EMPTY_ID = Schematic().id
 QGA_ID = Schematic(extensions=("siderolabs/qemu-guest-agent",)).id
@@ -123,7 +123,7 @@ async def test_cut_without_range_support_redownloads_and_verifies(stack):
     stack.fake.cut_next(compressed_size(stack) // 2)
     client = await raw_get(stack)
     await client.closed
-    data, complete = dechunk(client.split()[1])
+    data, complete = body_of(client)
     assert complete and data == stack.expected(EMPTY_ID)
     assert stack.fake.counts["image_get"] == 2
     resp, body = await stack.get(stack.image_url())
@@ -138,7 +138,7 @@ async def test_cut_with_range_support_resumes_at_the_offset(stack):
     stack.fake.cut_next(size // 2)
     client = await raw_get(stack)
     await client.closed
-    data, complete = dechunk(client.split()[1])
+    data, complete = body_of(client)
     assert complete and data == stack.expected(EMPTY_ID)
     assert stack.fake.counts["image_get"] == 1, "a Range resume needs no new build"
     ranges = [h.get("range") for m, p, h in stack.fake.requests if p.startswith("/blob/") and h.get("range")]
@@ -151,7 +151,7 @@ async def test_body_stall_hits_the_idle_timeout_and_resumes(stack):
     stack.fake.stall_next(compressed_size(stack) // 3)
     client = await raw_get(stack)
     await client.closed
-    data, complete = dechunk(client.split()[1])
+    data, complete = body_of(client)
     assert complete and data == stack.expected(EMPTY_ID)
     assert stack.fake.counts["image_get"] == 2
 

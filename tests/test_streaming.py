@@ -11,7 +11,7 @@ from twisted.logger import globalLogPublisher
 from talos_twisted.schematic import Schematic
 
 from .conftest import MiB, sha256
-from .rawhttp import RawClient, assert_aborted, connect as _connect, dechunk, request_bytes
+from .rawhttp import RawClient, assert_aborted, body_of, connect as _connect, request_bytes
 
 EMPTY_ID = Schematic().id
 
@@ -50,8 +50,7 @@ async def test_clients_read_while_the_download_runs(stack):
     [download] = stack.app.downloads.active()
     assert download.state.value == "streaming", "the first byte must not wait for the whole download"
     await client.closed
-    head, body = client.split()
-    data, complete = dechunk(body)
+    data, complete = body_of(client)
     assert complete and data == stack.expected(EMPTY_ID)
 
 
@@ -69,7 +68,7 @@ async def test_a_stalled_client_does_not_hold_back_a_fast_one(stack):
     assert len(slow.data) < 48 * MiB, "the slow client must be held back by its own socket"
     slow.resume()
     await slow.closed
-    data, complete = dechunk(slow.split()[1])
+    data, complete = body_of(slow)
     assert complete and data == stack.expected(EMPTY_ID)
 
 
@@ -167,7 +166,7 @@ async def test_a_stalled_client_is_aborted_and_the_download_completes(stack):
     slow.resume()  # a paused socket only notices the reset when it reads again
     await slow.closed
     assert not slow.reason.check(ConnectionDone)
-    _, complete = dechunk(slow.split()[1])
+    _, complete = body_of(slow)
     assert not complete
     await download.ended.when()
     assert download.state.value == "committed"

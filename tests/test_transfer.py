@@ -49,7 +49,7 @@ HAPPY = [
     ("body_ended", (G1, True), ["DisarmIdle"]),  # still writing
     ("written", (8 * KiB, KiB), ["Progress", "Write"]),
     ("written", (12 * KiB, KiB), ["Progress", "Finish"]),
-    ("finished", (12 * KiB, "ab" * 32), ["Commit"]),
+    ("finished", (12 * KiB, "ab" * 32), ["SizeKnown", "Commit"]),  # no size was declared early
     ("committed", (), ["Progress", "Committed", "Settled"]),
 ]
 
@@ -66,7 +66,7 @@ CUT_NO_RANGE = [
     ("body", (3, b"x" * 4 * KiB), ["ArmIdle", "Write"]),
     ("body_ended", (3, True), ["DisarmIdle"]),
     ("written", (5 * KiB, 4 * KiB), ["Progress", "Finish"]),
-    ("finished", (5 * KiB, "cd" * 32), ["Commit"]),
+    ("finished", (5 * KiB, "cd" * 32), ["SizeKnown", "Commit"]),
     ("committed", (), ["Progress", "Committed", "Settled"]),
 ]
 
@@ -175,11 +175,47 @@ FAILED_WHILE_RESUMING = [
 COMMIT_FAILS = [
     ("opened", (None, False), ["Attach", "ArmIdle"]),
     ("body_ended", (G1, True), ["DisarmIdle", "Finish"]),
-    ("finished", (0, "00" * 32), ["Commit"]),
+    ("finished", (0, "00" * 32), ["SizeKnown", "Commit"]),
     ("failed", (StorageError("cannot write to the cache"),), ["DisarmIdle", "Failed", "Discard", "Settled"]),
 ]
 
+# the upstream declared the raw size early (a zstd frame header, the xz index)
+SIZE_DECLARED_AND_KEPT = [
+    ("opened", (KiB, False), ["Attach", "ArmIdle"]),
+    ("size_declared", (8 * KiB,), ["SizeKnown"]),
+    ("size_declared", (9 * KiB,), []),  # once
+    ("body", (G1, b"a" * KiB), ["ArmIdle", "Write"]),
+    ("body_ended", (G1, True), ["DisarmIdle"]),
+    ("written", (8 * KiB, KiB), ["Progress", "Finish"]),
+    ("finished", (8 * KiB, "ab" * 32), ["Commit"]),
+]
+
+SIZE_CONTRADICTED_BY_MORE = [
+    ("opened", (KiB, False), ["Attach", "ArmIdle"]),
+    ("size_declared", (4 * KiB,), ["SizeKnown"]),
+    ("body", (G1, b"a" * KiB), ["ArmIdle", "Write"]),
+    ("written", (5 * KiB, KiB), ["DisarmIdle", "StopUpstream", "Failed", "Discard", "Settled"]),
+]
+
+SIZE_CONTRADICTED_BY_LESS = [
+    ("opened", (None, False), ["Attach", "ArmIdle"]),
+    ("size_declared", (8 * KiB,), ["SizeKnown"]),
+    ("body_ended", (G1, True), ["DisarmIdle", "Finish"]),
+    ("finished", (7 * KiB, "ab" * 32), ["DisarmIdle", "Failed", "Discard", "Settled"]),
+]
+
+SIZE_UNKNOWABLE_EARLY = [
+    ("opened", (None, False), ["Attach", "ArmIdle"]),
+    ("size_declared", (None,), ["SizeKnown"]),
+    ("body_ended", (G1, True), ["DisarmIdle", "Finish"]),
+    ("finished", (7 * KiB, "ab" * 32), ["Commit"]),  # settled as unknown: told once, not again
+]
+
 TABLE = {
+    "size declared and kept": SIZE_DECLARED_AND_KEPT,
+    "size contradicted: more": SIZE_CONTRADICTED_BY_MORE,
+    "size contradicted: less": SIZE_CONTRADICTED_BY_LESS,
+    "size not knowable before the end": SIZE_UNKNOWABLE_EARLY,
     "happy path": HAPPY,
     "cut, no Range: re-download and verify": CUT_NO_RANGE,
     "cut, Range: resume at the offset": CUT_WITH_RANGE,
@@ -288,6 +324,12 @@ def test_batches_end_at_a_restart_mark():
     assert names(m.written(KiB, KiB)) == ["Progress", "Restart"]
     effects = m.written(KiB, 0)
     assert effects == [t.Write(b"new")], "the bytes after the mark go to the new decoder"
+
+
+def test_a_contradicted_size_is_a_size_mismatch():
+    m = run(machine(), SIZE_CONTRADICTED_BY_LESS)
+    assert isinstance(m.error, t.SizeMismatch) and m.error.status == 502
+    assert m.error.message == "the image factory declared a raw size of 8192 bytes, but the image holds 7168 bytes"
 
 
 def test_progress_only_moves_forward_and_not_after_the_end():

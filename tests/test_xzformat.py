@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from talos_twisted import xzformat as xf
+from talos_twisted import xzsplit as xs
 from talos_twisted.testing import shapes
 
 MiB = 1 << 20
@@ -56,8 +57,8 @@ def xz_file(request, cli_xz, factory_xz):
 
 def split(blob, pieces=None, seed=0, **kw):
     """Feed `blob` to a splitter in random pieces; return (events, splitter)."""
-    splitter, events, rng, pos = xf.XzBlockSplitter(**kw), [], random.Random(seed), 0
-    while pos < len(blob) and not (events and isinstance(events[-1], xf.NeedSequential)):
+    splitter, events, rng, pos = xs.XzBlockSplitter(**kw), [], random.Random(seed), 0
+    while pos < len(blob) and not (events and isinstance(events[-1], xs.NeedSequential)):
         n = rng.randint(1, pieces or 200_000)
         events += splitter.feed(blob[pos:pos + n])
         pos += n
@@ -231,7 +232,7 @@ def test_decode_block_and_raw_filters(cli_xz, raw):
 def test_decode_block_checks(raw, check):
     blob = b"".join(shapes.xz_factory_shaped([raw[:MiB + 100]], check=check))
     events, _ = split(blob)
-    blocks = [e for e in events if isinstance(e, xf.Block)]
+    blocks = [e for e in events if isinstance(e, xs.Block)]
     assert b"".join(b.decode() for b in blocks) == raw[:MiB + 100]
     last = blocks[-1]
     if check != xf.CHECK_NONE:
@@ -242,7 +243,7 @@ def test_decode_block_checks(raw, check):
 
 def test_decode_block_rejects_bad_blocks(factory_xz):
     events, _ = split(factory_xz)
-    block = next(e for e in events if isinstance(e, xf.Block))
+    block = next(e for e in events if isinstance(e, xs.Block))
     data = bytearray(block.data)
     data[block.header.header_size + 5] ^= 0x40
     with pytest.raises(xf.XzFormatError, match="corrupt block"):
@@ -259,7 +260,7 @@ def test_decode_block_rejects_bad_blocks(factory_xz):
 def test_delta_and_bcj_filters(raw):
     blob = xz_cli(raw, "-T2", "--block-size=512KiB", "--delta=dist=4", "--x86", "--lzma2=preset=0")
     events, splitter = split(blob)
-    blocks = [e for e in events if isinstance(e, xf.Block)]
+    blocks = [e for e in events if isinstance(e, xs.Block)]
     splitter.finish()
     assert len(blocks) == 7 and b"".join(b.decode() for b in blocks) == raw
     assert xf.lzma_filters(blocks[0].header) == [
@@ -272,7 +273,7 @@ def test_splitter_reassembles(xz_file, raw):
     splitter.finish()
     kinds = [type(e).__name__ for e in events]
     assert kinds == ["StreamStart"] + ["Block"] * 4 + ["IndexStart", "StreamEnd"]
-    blocks = [e for e in events if isinstance(e, xf.Block)]
+    blocks = [e for e in events if isinstance(e, xs.Block)]
     assert b"".join(b.decode() for b in blocks) == raw
     index = events[-1].index
     assert index == xf.index_from_tail(xz_file, len(xz_file))
@@ -285,15 +286,15 @@ def test_splitter_byte_by_byte(raw):
     blob = b"".join(shapes.xz_factory_shaped([raw[:20_000]], block_size=4096, check=1))
     events, splitter = split(blob, pieces=1)
     splitter.finish()
-    assert b"".join(e.decode() for e in events if isinstance(e, xf.Block)) == raw[:20_000]
+    assert b"".join(e.decode() for e in events if isinstance(e, xs.Block)) == raw[:20_000]
 
 
 def test_thread_pool_decode(raw):
     blob = b"".join(shapes.xz_factory_shaped(shapes.rechunk([raw], 65536)))
     events, _ = split(blob)
-    blocks = [e for e in events if isinstance(e, xf.Block)]
+    blocks = [e for e in events if isinstance(e, xs.Block)]
     with ThreadPoolExecutor(2) as pool:
-        assert b"".join(pool.map(xf.Block.decode, blocks)) == raw
+        assert b"".join(pool.map(xs.Block.decode, blocks)) == raw
 
 
 @pytest.mark.parametrize("source", ["cli-T1", "shapes-one-block", "shapes-blocks"])
@@ -301,9 +302,9 @@ def test_splitter_without_sizes_falls_back(raw, source):
     blob = {"cli-T1": lambda: xz_cli(raw, "-0", "-T1", "--block-size=1MiB"),
             "shapes-one-block": lambda: b"".join(shapes.xz_no_sizes([raw])),
             "shapes-blocks": lambda: b"".join(shapes.xz_no_sizes([raw], block_size=MiB))}[source]()
-    splitter = xf.XzBlockSplitter()
+    splitter = xs.XzBlockSplitter()
     events = splitter.feed(blob[:5000])
-    assert [type(e) for e in events] == [xf.StreamStart, xf.NeedSequential]
+    assert [type(e) for e in events] == [xs.StreamStart, xs.NeedSequential]
     fallback = events[1]
     assert (fallback.block, fallback.offset, fallback.uncompressed_offset) == (0, 12, 0)
     assert "lacks" in fallback.reason
@@ -317,7 +318,7 @@ def test_splitter_without_sizes_falls_back(raw, source):
 def test_splitter_block_limit_mid_stream(raw):
     blob = b"".join(shapes.xz_factory_shaped([bytes(MiB) + raw]))  # block 0 compresses well
     events, _ = split(blob, max_block_size=100_000)
-    assert [type(e) for e in events] == [xf.StreamStart, xf.Block, xf.NeedSequential]
+    assert [type(e) for e in events] == [xs.StreamStart, xs.Block, xs.NeedSequential]
     assert (events[2].block, events[2].uncompressed_offset, events[2].replay) == (1, MiB, None)
     assert events[2].offset == 12 + events[1].header.total_size(4)
 
@@ -327,10 +328,10 @@ def test_splitter_multi_stream_with_padding(raw):
                                            trailing_padding=4, check=xf.CHECK_CRC32))
     events, splitter = split(blob, pieces=50_000)
     splitter.finish()
-    ends = [e for e in events if isinstance(e, xf.StreamEnd)]
+    ends = [e for e in events if isinstance(e, xs.StreamEnd)]
     assert [e.stream for e in ends] == [0, 1, 2, 3]
-    assert b"".join(e.decode() for e in events if isinstance(e, xf.Block)) == raw
-    assert [e.offset for e in events if isinstance(e, xf.StreamStart)][1] == ends[0].end_offset + 8
+    assert b"".join(e.decode() for e in events if isinstance(e, xs.Block)) == raw
+    assert [e.offset for e in events if isinstance(e, xs.StreamStart)][1] == ends[0].end_offset + 8
 
 
 def test_splitter_rejects_bad_endings(factory_xz):
@@ -343,9 +344,9 @@ def test_splitter_rejects_bad_endings(factory_xz):
     with pytest.raises(xf.XzFormatError, match="trailing garbage"):
         split(factory_xz + b"\0\0\0\0garbage!rubbish!")
     with pytest.raises(xf.XzFormatError, match="empty"):
-        xf.XzBlockSplitter().finish()
+        xs.XzBlockSplitter().finish()
     with pytest.raises(xf.XzFormatError, match="magic"):
-        xf.XzBlockSplitter().feed(b"\x28\xb5\x2f\xfd" + bytes(20))
+        xs.XzBlockSplitter().feed(b"\x28\xb5\x2f\xfd" + bytes(20))
 
 
 def test_splitter_checks_index_against_blocks(factory_xz):

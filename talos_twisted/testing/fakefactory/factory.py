@@ -20,7 +20,7 @@ from talos_twisted.versions import Version
 from .boot import asset_size, kernel_cmdline
 from .catalog import DEFAULT_VERSIONS
 from .faults import Body, BodyProducer, BytesBody, Fault, RawBody
-from .images import KiB, MiB, ImageSpec, blob_spec, compress_image, layout, tar_gz_image
+from .images import BODY_SHAPES, KiB, MiB, ImageSpec, blob_spec, compress_image, layout, tar_gz_image
 from .profile import Profile, parse_profile
 
 ROUTES = ("versions", "extensions", "overlays", "schematics", "image", "blob", "pxe")
@@ -80,8 +80,14 @@ class FakeFactory:
     - ``ready``: False makes ``/readyz`` answer 503 ``not ready``.
     - ``generation``: part of the image seed; bump it to simulate a non-reproducible rebuild.
     - ``reproducible``: when False, every image GET after the first bumps ``generation``.
-    - ``stream_size``: raw bytes per xz stream / zstd frame (default: size/4, clamped to
-      256 KiB..32 MiB).
+    - ``body_shape``: how ``.xz`` / ``.zst`` disk images are compressed (``BODY_SHAPES``):
+      ``"factory"`` (default) as the Talos imager does, one xz stream of 1 MiB blocks with
+      both sizes in their headers / one zstd frame with the content size; ``"multi"``
+      several streams / frames (``stream_size``); ``"no-sizes"`` xz without block sizes
+      (one block, like ``xz -T1``) / zstd without the content size. Boot assets keep their
+      one stream whatever the shape.
+    - ``stream_size``: raw bytes per xz stream / zstd frame of ``body_shape = "multi"``
+      (default: size/4, clamped to 256 KiB..32 MiB).
     - ``fail_next(n, status, route)``: the next ``n`` requests of ``route`` answer ``status``
       with a plain-text line, before any validation or build delay ("image" counts GET and
       HEAD, "schematics" POST and GET, "blob" GET and HEAD).
@@ -105,7 +111,8 @@ class FakeFactory:
     ready: bool = True
     generation: int = 0
     reproducible: bool = True  # False: every image GET after the first is a new build (new generation)
-    stream_size: int | None = None  # raw bytes per xz stream / zstd frame; None = auto
+    body_shape: str = "factory"  # one of BODY_SHAPES
+    stream_size: int | None = None  # raw bytes per xz stream / zstd frame of "multi"; None = auto
 
     def __init__(
         self,
@@ -128,7 +135,9 @@ class FakeFactory:
         self._failures: dict[str, collections.deque[int]] = {r: collections.deque() for r in ROUTES}
         self._faults: collections.deque[Fault] = collections.deque()
         self._corrupts: collections.deque[int | None] = collections.deque()
-        self._bodies: dict[tuple[AssetKey, int], bytes] = {}
+        # compressed bodies (a 1 GiB image with data_fraction 0.03 is about 11 MB of xz or zst);
+        # raw images are never held: they are read from the seed as they are sent
+        self._bodies: dict[tuple[AssetKey, str, int | None], bytes] = {}
         self._sha256: dict[AssetKey, str] = {}
         self._blobs: dict[str, tuple[AssetKey, str]] = {}  # token -> (asset, filename)
         self._active: set[BodyProducer] = set()
@@ -266,23 +275,30 @@ class FakeFactory:
         return max(256 * KiB, min(32 * MiB, self.image_size // 4 // (64 * KiB) * (64 * KiB)))
 
     def _compressed(self, key: AssetKey) -> bytes:
-        ckey = (key, self._stream_size())
+        if self.body_shape not in BODY_SHAPES:
+            raise ValueError(f"body_shape must be one of {', '.join(BODY_SHAPES)}, not {self.body_shape!r}")
+        fmt = key.profile.out_format
+        # boot assets (the initramfs) are one stream, as Talos writes them, whatever the shape
+        shaped = key.profile.kind == "image" and fmt in ("xz", "zst")
+        shape = self.body_shape if shaped else "one stream"
+        ckey = (key, shape, self._stream_size() if shape == "multi" else None)
         body = self._bodies.get(ckey)
         if body is None:
             t0 = time.monotonic()
-            fmt = key.profile.out_format
             spec = self._spec(replace(key, profile=replace(key.profile, out_format="none")))
             if fmt == "tar.gz":
                 body = tar_gz_image(spec)
-            else:  # boot assets (the initramfs) are one stream, as Talos writes them
-                stream = self._stream_size() if key.profile.kind == "image" else max(1, spec.size)
-                body = compress_image(spec, fmt, stream)
+            elif shaped:
+                body = compress_image(spec, fmt, self._stream_size(), shape)
+            else:
+                body = compress_image(spec, fmt, max(1, spec.size), "multi")
             self._bodies[ckey] = body
             seconds = time.monotonic() - t0
             if seconds > 0.5:
                 self.log.info(
-                    "built {compression} image of {raw} raw bytes ({size} compressed) in {seconds:.1f}s",
+                    "built {compression} image ({shape}) of {raw} raw bytes ({size} compressed) in {seconds:.1f}s",
                     compression=fmt,
+                    shape=shape,
                     raw=spec.size,
                     size=len(body),
                     seconds=seconds,

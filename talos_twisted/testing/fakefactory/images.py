@@ -3,9 +3,19 @@
 Images: mostly zeros, with a 64 KiB "boot" region at offset 0 and six data regions spread
 over the image (together about ``data_fraction`` of it), always ending in a run of zeros.
 Blobs (kernel, UKI, ISO, installer...) are data all through. The bytes derive from a seed
-only. Compressed bodies are multi-stream xz (CRC64) and multi-frame zstd (frame checksums),
-one stream/frame per ``stream_size`` raw bytes, single-member gzip, and gzip of a one-member
-tar; they are computed chunk by chunk (the caller caches them).
+only. Compressed disk images have one of the ``BODY_SHAPES``:
+
+- ``factory`` (the default): as the Talos imager writes them, i.e. ``xz -0 -T0`` (one
+  stream of 1 MiB blocks whose headers carry both sizes, CRC64) and ``zstd -T0`` (one frame
+  with the content size in its header and a checksum; level 3 here rather than the
+  factory's 18, which would take minutes per GiB);
+- ``multi``: several xz streams / zstd frames, one per ``stream_size`` raw bytes (each xz
+  stream one liblzma block without sizes, each zstd frame with its content size);
+- ``no-sizes``: xz as ``xz -T1`` writes it (one block, no sizes in its header: the total is
+  only in the index), zstd without the content size in the frame header.
+
+Other bodies are single-member gzip and gzip of a one-member tar. Bodies are computed
+chunk by chunk from the seed (never the whole raw image at once); the caller caches them.
 """
 
 from __future__ import annotations
@@ -20,13 +30,17 @@ from typing import Iterator
 
 import zstandard
 
+from talos_twisted.testing import shapes
+
 KiB = 1024
 MiB = 1024 * KiB
 
 COMPRESSIONS = ("xz", "zst", "gz", "none")
+BODY_SHAPES = ("factory", "multi", "no-sizes")
 
 _BLOCK = 64 * KiB
 _GEN_CHUNK = 1 * MiB
+_ZSTD_LEVEL = 3  # the factory uses 18: far too slow for multi-GiB test images
 
 
 @lru_cache(maxsize=256)
@@ -110,7 +124,7 @@ def _compress_stream(spec: ImageSpec, compression: str, start: int, end: int) ->
             out.append(cx.compress(c))
         out.append(cx.flush())
     else:
-        cz = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=True)
+        cz = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True, write_content_size=True)
         co = cz.compressobj(size=end - start)
         for c in spec.chunks(start, end):
             out.append(co.compress(c))
@@ -121,16 +135,28 @@ def _compress_stream(spec: ImageSpec, compression: str, start: int, end: int) ->
     return data
 
 
-def compress_image(spec: ImageSpec, compression: str, stream_size: int) -> bytes:
-    """The body the factory serves for ``compression`` ("xz", "zst", "gz")."""
+def compress_image(spec: ImageSpec, compression: str, stream_size: int, shape: str = "factory") -> bytes:
+    """The body the factory serves for ``compression`` ("xz", "zst", "gz") in ``shape``
+    (one of ``BODY_SHAPES``; ``stream_size`` matters to ``multi`` only, gzip has one shape)."""
     if compression == "gz":
         return _gzip(spec.chunks())
     if compression not in ("xz", "zst"):
         raise ValueError(f"unknown compression {compression!r}")
-    streams = []
-    for start in range(0, max(spec.size, 1), stream_size):
-        streams.append(_compress_stream(spec, compression, start, min(spec.size, start + stream_size)))
-    return b"".join(streams)
+    if shape not in BODY_SHAPES:
+        raise ValueError(f"unknown body shape {shape!r} (one of {', '.join(BODY_SHAPES)})")
+    if shape == "multi":
+        streams = []
+        for start in range(0, max(spec.size, 1), stream_size):
+            streams.append(_compress_stream(spec, compression, start, min(spec.size, start + stream_size)))
+        return b"".join(streams)
+    chunks = spec.chunks()
+    parts: Iterator[bytes]
+    if compression == "xz":
+        parts = shapes.xz_factory_shaped(chunks) if shape == "factory" else shapes.xz_no_sizes(chunks)
+    else:
+        parts = (shapes.zst_factory_shaped(chunks, spec.size, level=_ZSTD_LEVEL) if shape == "factory"
+                 else shapes.zst_no_content_size(chunks, level=_ZSTD_LEVEL))
+    return b"".join(parts)
 
 
 def blob_spec(seed: bytes, size: int) -> ImageSpec:

@@ -9,7 +9,7 @@ from twisted.python import usage
 from twisted.web import server
 
 from .factory import FakeFactory
-from .images import MiB
+from .images import BODY_SHAPES, MiB
 
 
 class Options(usage.Options):
@@ -20,6 +20,14 @@ class Options(usage.Options):
         ["image-size", None, 64 * MiB, "Size of the raw images in bytes.", int],
         ["build-delay", None, 0.0, "Seconds each image request waits before anything is sent.", float],
         ["rate-limit", None, 0, "Image body rate in bytes per second (0 = unlimited).", int],
+        [
+            "body-shape",
+            None,
+            "factory",
+            "How .xz/.zst images are compressed: factory (one xz stream of 1 MiB blocks with sizes, "
+            "one zstd frame with its content size), multi (several streams/frames) or no-sizes "
+            "(xz without block sizes, zstd without content size).",
+        ],
         ["pxe-url", None, None, "External PXE URL: the base of the URLs in /pxe scripts (default: http://<Host>)."],
     ]
     optFlags = [["redirect", None, "Answer GET /image with 302 to /blob/<token>, as with an object store."]]
@@ -31,6 +39,8 @@ class Options(usage.Options):
             raise usage.UsageError("--build-delay must not be negative")
         if self["rate-limit"] < 0:
             raise usage.UsageError("--rate-limit must not be negative")
+        if self["body-shape"] not in BODY_SHAPES:
+            raise usage.UsageError(f"--body-shape must be one of {', '.join(BODY_SHAPES)}")
         pxe = self["pxe-url"]
         if pxe is not None and not pxe.startswith(("http://", "https://")):
             raise usage.UsageError("--pxe-url must be an http:// or https:// URL")
@@ -44,6 +54,7 @@ def makeService(options: Options) -> service.MultiService:
     fake.rate_limit = options["rate-limit"]
     fake.redirect = bool(options["redirect"])
     fake.pxe_url = options["pxe-url"]
+    fake.body_shape = options["body-shape"]
     top = service.MultiService()
     top.fake = fake  # type: ignore[attr-defined]  # an ad-hoc attribute, for tests and demos
     endpoint = serverFromString(reactor, options["listen"])
