@@ -35,6 +35,10 @@ from talos_twisted.transfer import State, Transfer
 from talos_twisted.writer import ImageChanged, ImageWriter
 
 
+# disk room made before each batch is written: more than one batch can decode to
+RESERVE_AHEAD = 64 * 1024 * 1024
+
+
 @dataclass
 class DownloadContext:
     """What every download shares: the reactor, pools, cache, factory and settings."""
@@ -178,8 +182,7 @@ class Download:
             response.deliverBody(_Abandon())
             return
         try:
-            self._temp_path = ctx.cache.temp_path(self.key)
-            self.fd = os.open(self._temp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            self._temp_path, self.fd = ctx.cache.open_temp(self.key)
         except OSError as e:
             self._apply(self.machine.failed(StorageError(f"cannot write to the cache: {e.strerror}")))
             return
@@ -289,6 +292,13 @@ class Download:
                     self._idle_call.cancel()
                 self._idle_call = None
             case t.Write(data=data):
+                # room on disk first (min_free_space, max_cache_size): evicting if need be, or
+                # failing this download cleanly rather than filling the filesystem
+                if not self._ctx.cache.reserve(self.key, RESERVE_AHEAD):
+                    self._apply(m.write_failed(StorageError(
+                        "not enough free space in the cache for this image (min_free_space); nothing could be evicted"
+                    )))
+                    return
                 self._in_pool(self._writer_or_fail().write, data).addCallbacks(
                     lambda available: self._apply(m.written(available, len(data))), self._write_failed
                 )
@@ -346,6 +356,7 @@ class Download:
                 if self._ctx.slots is not None:
                     self._ctx.slots.release()
             case t.Settled():
+                self._ctx.cache.release(self.key)
                 self.settled.fire(None)
             case t.SizeKnown(size=size):
                 if size is not None:

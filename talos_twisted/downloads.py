@@ -49,7 +49,13 @@ class LiveSource:
         self._download = download
 
     def available(self) -> int:
-        return self._download.available
+        n = self._download.available
+        size = self.size()
+        if size is not None and n >= size and self._download.state != State.COMMITTED:
+            # the last byte waits for the end-of-stream checks and the commit: a response
+            # that looks complete is one of an image that is complete and verified
+            return size - 1
+        return n
 
     def size(self) -> int | None:
         """The final raw size, once the upstream has declared it."""

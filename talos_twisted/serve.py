@@ -117,7 +117,7 @@ async def serve_entry(
         return 0
     source = FileSource(entry.path, size)
     try:
-        fd = source.open()
+        fd = cache.open_entry(entry)  # never through a symlink, only the entry's own file
     except OSError:
         cache.remove(entry.key)
         raise Unavailable("the cached image vanished; try again", retry_after=1) from None

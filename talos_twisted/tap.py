@@ -3,24 +3,33 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
+import twisted
+
 from treq.client import HTTPClient
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.internet.endpoints import serverFromString
+from twisted.python.failure import Failure
 from twisted.internet.defer import DeferredSemaphore
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.server import Site
+from twisted.logger import Logger
 
-from talos_twisted.cache import CacheStore
+from talos_twisted import __version__
+from talos_twisted.cache import CacheRootError, CacheStore
 from talos_twisted.config import Config, ConfigError, load_config
 from talos_twisted.download import Download, DownloadContext
 from talos_twisted.downloads import Downloads
 from talos_twisted.factory import FactoryClient
 from talos_twisted.metastore import MetadataStore
-from talos_twisted.transfer import ResumePolicy
+from talos_twisted.connlimits import ServerLimits
+from talos_twisted.httpserver import make_site
 from talos_twisted.prefetch import PrefetchService, Prefetcher
+from talos_twisted.scrub import ScrubService
+from talos_twisted.transfer import ResumePolicy
 from talos_twisted.web import TalosImages
 
 
@@ -36,6 +45,11 @@ class Options(usage.Options):
     ]
 
     config: Config
+
+    def opt_version(self) -> None:
+        """Print the daemon's version and exit."""
+        print(f"talos-images {__version__.public()} (Twisted {twisted.__version__})")
+        sys.exit(0)
 
     def postOptions(self) -> None:
         overrides = {
@@ -72,7 +86,7 @@ class CacheRecoveryService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        os.makedirs(self.cache.images, exist_ok=True)
+        self.cache.check_root()  # creates a missing root 0750; refuses one others may write to
         self.cache.recover()
 
 
@@ -131,7 +145,12 @@ def build(config: Config, reactor: Any, http: Any = None) -> tuple[service.Multi
     )
     downloads = Downloads(lambda image: Download(image, ctx), cache, reactor)
     DownloadsService(downloads).setServiceParent(top)
-    app = TalosImages(talos, factory=factory, cache=cache, downloads=downloads, clock=reactor)
+    scrub = None
+    if talos.scrub_rate:
+        # after the cache's recovery in start order; hashes in the I/O pool at scrub_rate
+        scrub = ScrubService(cache, talos.scrub_rate, reactor, io_pool)
+        scrub.setServiceParent(top)
+    app = TalosImages(talos, factory=factory, cache=cache, downloads=downloads, clock=reactor, scrub=scrub)
     if talos.prefetch and talos.enabled:
         # after the cache's recovery and the downloads in start order, so before them at stop
         prefetcher = Prefetcher(
@@ -142,9 +161,89 @@ def build(config: Config, reactor: Any, http: Any = None) -> tuple[service.Multi
     return top, app
 
 
+def server_limits(talos: Any) -> ServerLimits:
+    return ServerLimits(
+        request_header_timeout=talos.request_header_timeout,
+        request_body_timeout=talos.request_body_timeout,
+        idle_timeout=talos.keepalive_timeout,
+        max_connections=talos.max_connections,
+        max_connections_per_client=talos.max_connections_per_client,
+        max_request_line=talos.max_request_line,
+        max_header_size=talos.max_header_size,
+        max_headers=talos.max_headers,
+        max_post_body=talos.max_post_body,
+    )
+
+
+class StartupLine(service.Service):
+    """One line saying what this daemon is and does, once everything else has started."""
+
+    log = Logger()
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def startService(self) -> None:
+        super().startService()
+        t = self.config.talos
+        self.log.info(
+            "talos-images {version} listening on {listen}; factory {base_url}; cache {cache} "
+            "(max_cache_size {max_cache_size}, min_free_space {min_free_space}); max_downloads {max_downloads}, "
+            "compression {compression}",
+            version=__version__.public(), listen=self.config.listen, base_url=t.base_url,
+            cache=t.cache_directory, max_cache_size=t.max_cache_size or "unlimited",
+            min_free_space=t.min_free_space, max_downloads=t.max_downloads, compression=t.compression,
+        )
+
+
+class Listener(service.Service):
+    """The listening port, bound by `makeService` before twistd logs or daemonizes, so that
+    a port in use or a bad address stops start-up with one line and no half-started daemon."""
+
+    def __init__(self, endpoint: Any, factory: Any, description: str):
+        self.endpoint = endpoint
+        self.factory = factory
+        self.description = description
+        self.port: Any = None
+
+    def listen_now(self) -> None:
+        failures: list[Failure] = []
+        d = self.endpoint.listen(self.factory)
+        d.addCallbacks(lambda port: setattr(self, "port", port), failures.append)
+        if failures:
+            raise SystemExit(f"talos-images: cannot listen on {self.description}: {failures[0].getErrorMessage()}")
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is None:  # not bound by makeService (tests building the tree by hand)
+            self.listen_now()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+
 def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
-    top, app = build(options.config, reactor)
-    strports.service(options.config.listen, Site(app.resource()), reactor=reactor).setServiceParent(top)
+    config = options.config
+    # what would only fail once the reactor runs is checked now, so that a daemon that
+    # cannot work never starts: one line, exit status 1, no traceback
+    try:
+        CacheStore(config.talos.cache_directory).check_root()
+    except (CacheRootError, OSError) as e:
+        raise SystemExit(f"talos-images: cache directory: {e}") from None
+    try:
+        endpoint = serverFromString(reactor, config.listen)
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"talos-images: listen: {config.listen!r} is not a usable endpoint ({e})") from None
+    top, app = build(config, reactor)
+    site = make_site(app.resource(), server_limits(config.talos), reactor)
+    listener = Listener(endpoint, site, config.listen)
+    listener.listen_now()
+    listener.setServiceParent(top)
+    StartupLine(config).setServiceParent(top)
     return top

@@ -62,6 +62,7 @@ class TalosImages:
         cache: CacheStore,
         downloads: Downloads,
         clock: IReactorTime,
+        scrub: Any = None,  # a ScrubService, for its counters
     ):
         self.config = config
         self.factory = factory
@@ -69,6 +70,7 @@ class TalosImages:
         self.cache = cache
         self.downloads = downloads
         self.clock = clock
+        self.scrub = scrub
         self.stats = Metrics(lambda: len(downloads), lambda: len(cache.entries()), lambda: cache.total_usage)
 
     def resource(self) -> IResource:
@@ -150,7 +152,8 @@ class TalosImages:
     def status_json(self, request: Any) -> bytes:
         request.setHeader("Content-Type", "application/json")
         request.setHeader("Cache-Control", "no-store")
-        return json.dumps(status.document(self.cache, self.downloads, self.factory, self.clock)).encode() + b"\n"
+        doc = status.document(self.cache, self.downloads, self.factory, self.clock, platforms=self.config.platforms)
+        return json.dumps(doc).encode() + b"\n"
 
     # --- discovery -------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from talos_twisted.config import Config, TalosConfig
-from talos_twisted.tap import build
+from talos_twisted.httpserver import make_site
+from talos_twisted.tap import build, server_limits
 from talos_twisted.testing.fakefactory import FakeFactory
 
 MiB = 1024 * 1024
@@ -80,7 +81,9 @@ class Stack:
         self.config = Config(listen="tcp:0", talos=talos)
         self.service, self.app = build(self.config, reactor)
         self.service.startService()
-        dport = await listen(self.app.resource())
+        # through the hardened server layer, as twistd serves it
+        site = make_site(self.app.resource(), server_limits(talos), reactor)
+        dport = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.daemon_port = dport
         self.ports.append(dport)
         self.url = f"http://127.0.0.1:{dport.getHost().port}"

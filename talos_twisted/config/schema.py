@@ -200,6 +200,37 @@ class TalosConfig:
     max_downloads: int = key(
         4, via(parse_positive_int), "simultaneous image downloads from the factory (at least 1); more wait their turn"
     )
+    scrub_rate: int = key(
+        50_000_000, via(parse_size), "bytes per second the background scrub re-hashes cached images at; `0` = off"
+    )
+    max_ranges: int = key(
+        16, via(parse_positive_int), "ranges in one `Range` header; more (or overlapping to more than the image) get the whole image"
+    )
+    request_header_timeout: float = key(
+        10.0, via(parse_timeout), "time a client has to send a whole request head"
+    )
+    request_body_timeout: float = key(
+        30.0, via(parse_timeout), "time a client has to send a whole `POST` body"
+    )
+    keepalive_timeout: float = key(
+        60.0, via(parse_timeout), "an idle keep-alive connection between two requests is closed after this"
+    )
+    max_connections: int = key(
+        2000, via(parse_positive_int), "client connections at once; more get `503` + `Retry-After`"
+    )
+    max_connections_per_client: int = key(
+        64, via(parse_positive_int), "client connections at once from one source address; more get `503` + `Retry-After`"
+    )
+    max_request_line: int = key(
+        8 * 1024, via(parse_size), "longest request line; longer gets `414`"
+    )
+    max_header_size: int = key(
+        32 * 1024, via(parse_size), "largest request head; larger gets `431`"
+    )
+    max_headers: int = key(100, via(parse_positive_int), "most header fields in a request; more gets `431`")
+    max_post_body: int = key(
+        64 * 1024, via(parse_size), "largest `POST` body (kept in memory, never on disk); larger gets `413`"
+    )
     prefetch: tuple[PrefetchImage, ...] = key(
         (),
         _convert_prefetch,
