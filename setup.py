@@ -32,5 +32,6 @@ setup(
             "selenium>=4.20",
         ],
     },
+    entry_points={"console_scripts": ["talos-images-cache = talos_twisted.cachetool:main"]},
     include_package_data=True,
 )

@@ -78,6 +78,7 @@ class CacheStore:
 
     def __init__(self, root: str, max_size: int = 0, min_free: int = 0, now: Callable[[], float] = time.time,
                  free_space: Callable[[str], int] | None = None):
+        self.on_evict: Callable[[], object] | None = None  # counts evictions (metrics)
         self.root = root
         self.images = os.path.join(root, "images")
         self.max_size = max_size
@@ -377,6 +378,8 @@ class CacheStore:
                           key=str(victim.key), usage=victim.disk_usage, age=self._now() - victim.last_access)
             self.remove(victim.key)
             evicted.append(victim.key)
+            if self.on_evict is not None:
+                self.on_evict()
         return evicted
 
     # --- start-up ----------------------------------------------------------------

@@ -1,15 +1,18 @@
-"""Limits of the HTTP server layer: the values, connection accounting, and the answers sent
-when a limit is hit (raw bytes: they go out before, or instead of, any request object).
+"""Limits of the HTTP server layer: the values, connection accounting, the answers sent
+when a limit is hit (raw bytes: they go out before, or instead of, any request object), and
+the pure checks of request lines, header lines and request targets.
 
-Used by `talos_twisted.httpserver`; nothing here parses HTTP.
+Used by `talos_twisted.httpserver`, which holds the protocol classes.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass, fields
 from typing import Iterable
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ISSLTransport, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
@@ -196,3 +199,103 @@ class Refusal(Protocol):
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
+
+
+# --- pure checks of what a client sends ---------------------------------------------------
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
+_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.S)
+HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%\-]*)(:[0-9]{0,5})?")
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+# longer than any body we accept, and short enough that int() never sees a huge string
+_MAX_LENGTH_DIGITS = 18
+
+Fault = tuple[int, str, str]  # status, message, limit (the name logged)
+
+
+class TargetError(ValueError):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def request_line_error(line: bytes) -> Fault | None:
+    """What is wrong with a request line, stricter than Twisted (which then parses it)."""
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        return 400, "the request line is not 'METHOD target HTTP/1.1' (single spaces)", "http_syntax"
+    method, target, version = parts
+    if not _TOKEN.fullmatch(method):
+        return 400, "the request method is not a valid token", "http_syntax"
+    if not target or any(c < 0x21 or c > 0x7E for c in target):
+        return 400, "the request target is empty or has a byte that is not printable ASCII", "http_syntax"
+    if not _VERSION.fullmatch(version):
+        return 400, "the request line does not end with an HTTP version like HTTP/1.1", "http_syntax"
+    if version not in (b"HTTP/1.0", b"HTTP/1.1"):
+        return 505, f"{version.decode('ascii')} is not supported here; use HTTP/1.1", "http_version"
+    return None
+
+
+def header_line_error(line: bytes) -> Fault | None:
+    """The faults Twisted would answer with a bare 400, named (Twisted stays the backstop)."""
+    name, colon, value = line.partition(b":")
+    if not colon:
+        return 400, "a header line has no ':'", "http_syntax"
+    if not _TOKEN.fullmatch(name):
+        return 400, "a header name is not a valid token (no spaces before the ':')", "http_syntax"
+    value = value.strip(b" \t")
+    if len(value.translate(None, b"\x00\r\n")) != len(value):
+        return 400, "a header value contains a NUL, CR or LF byte", "http_syntax"
+    lname = name.lower()
+    if lname == b"content-length":
+        if not value.isdigit():
+            return 400, "Content-Length is not a decimal number", "http_syntax"
+        if len(value) > _MAX_LENGTH_DIGITS:
+            return 413, "the request body is far too large", "max_post_body"
+    elif lname == b"transfer-encoding" and value.lower() not in (b"chunked", b"identity"):
+        return 400, "only the chunked transfer coding is accepted", "http_syntax"
+    return None
+
+
+def origin_form(target: bytes) -> bytes:
+    """The request target as an absolute path (and query) for routing.
+
+    Absolute-form (`http://host/path`) becomes its path (RFC 9112 §3.2.2); `*` is kept (Twisted
+    answers it). Raises `TargetError` for what no route may see: bad percent-encoding, a
+    path that is not UTF-8 once decoded, control characters, an encoded '/', dot-segments
+    (400), and empty segments, which werkzeug would merge with a redirect (404).
+    """
+    if target == b"*":
+        return target
+    m = _ABSOLUTE.fullmatch(target)
+    if m:
+        if m.group(1).lower() not in (b"http", b"https"):
+            raise TargetError(400, "only http and https URLs can be requested")
+        if not m.group(2) or not HOST.fullmatch(m.group(2)):
+            raise TargetError(400, "the host of the requested URL is not a valid host[:port]")
+        rest = m.group(3)
+        target = rest if rest.startswith(b"/") else b"/" + rest
+    if not target.startswith(b"/"):
+        raise TargetError(400, "the request target must be a path starting with '/' or an http(s) URL")
+    if b"#" in target:
+        raise TargetError(400, "the request target must not contain a fragment ('#')")
+    path = target.split(b"?", 1)[0]
+    if _BAD_ESCAPE.search(path):
+        raise TargetError(400, "the path has a '%' that is not followed by two hex digits")
+    segments = path[1:].split(b"/")
+    if path != b"/" and b"" in segments:
+        raise TargetError(404, "no such route: the path has an empty segment ('//' or a trailing '/')")
+    for segment in segments:
+        try:
+            text = unquote_to_bytes(segment).decode("utf-8")
+        except UnicodeDecodeError:
+            raise TargetError(400, "the path is not valid UTF-8 once percent-decoded") from None
+        if "/" in text:
+            raise TargetError(400, "the path has an encoded '/' (%2F) inside a segment")
+        if not text.isprintable():
+            raise TargetError(400, "the path has a control or non-printable character")
+        if text in (".", ".."):
+            raise TargetError(400, "the path has a '.' or '..' segment")
+    return target

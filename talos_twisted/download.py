@@ -29,6 +29,7 @@ from talos_twisted.cache import CacheEntry, CacheStore
 from talos_twisted.decompress import Decoder, DecompressError, make_decoder
 from talos_twisted.errors import InternalError, StorageError, TalosError, UpstreamCorrupt
 from talos_twisted.factory import FactoryClient, as_talos_error, content_range, image_path
+from talos_twisted.metrics import Metrics, error_kind
 from talos_twisted.observe import OneShot
 from talos_twisted.request import ImageKey, ResolvedImage
 from talos_twisted.transfer import State, Transfer
@@ -56,6 +57,7 @@ class DownloadContext:
     # images whose upstream declared a raw size its body then contradicted: their next
     # download does not trust the declaration (an upstream writing several zstd frames)
     distrust: set[ImageKey] = field(default_factory=set)
+    metrics: Metrics | None = None
 
 
 class _BodyReceiver(Protocol):
@@ -165,12 +167,16 @@ class Download:
 
     async def _run(self) -> None:
         ctx = self._ctx
+        if ctx.metrics is not None:
+            ctx.metrics.download_queued()
         try:
             if ctx.slots is not None:
                 await ctx.slots.acquire()
                 self._apply(self.machine.slot_acquired())
                 if self.machine.ended:
                     return
+            if ctx.metrics is not None:
+                ctx.metrics.download_started()
             remote_id = await ctx.factory.ensure_schematic(self.image.schematic)
             img = self.image
             self._path = image_path(remote_id, img.version, img.platform, img.arch, ctx.compression)
@@ -232,6 +238,8 @@ class Download:
         self._apply(self.machine.size_declared(size))
 
     def _body(self, generation: int, data: bytes) -> None:
+        if self._ctx.metrics is not None:
+            self._ctx.metrics.upstream_bytes(len(data))
         head = self._zstd_head
         if head is not None and not self.machine.size_settled and generation == self.machine.generation:
             if self.machine.received == 0 and head:
@@ -312,6 +320,8 @@ class Download:
                     lambda result: self._apply(m.finished(*result)), self._write_failed
                 )
             case t.ScheduleResume(delay=delay, attempt=attempt, why=why):
+                if self._ctx.metrics is not None:
+                    self._ctx.metrics.download_resumed()
                 self.log.info(
                     "resuming {key} in {delay:.2f}s (attempt {attempt}) after: {why}",
                     key=str(self.key), delay=delay, attempt=attempt, why=why,
@@ -331,6 +341,8 @@ class Download:
             case t.Commit(size=size, sha256=sha256):
                 self._commit(size, sha256)
             case t.Committed():
+                if self._ctx.metrics is not None:
+                    self._ctx.metrics.download_committed()
                 self._close_fd()
                 elapsed = reactor.seconds() - self.started
                 entry = self.entry
@@ -341,6 +353,8 @@ class Download:
                 )
                 self._end()
             case t.Failed(error=error):
+                if self._ctx.metrics is not None:
+                    self._ctx.metrics.download_failed(error_kind(error))
                 if isinstance(error, InternalError):
                     self.log.error("download of {key} failed: {error}", key=str(self.key), error=error.message)
                 else:

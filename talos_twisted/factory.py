@@ -28,6 +28,7 @@ from talos_twisted.errors import (
     TalosError, UpstreamError, UpstreamFailing, UpstreamNotFound, UpstreamTimeout, UpstreamUnreachable,
 )
 from talos_twisted.metastore import MetadataStore
+from talos_twisted.metrics import Metrics, error_kind
 from talos_twisted.observe import OneShot
 from talos_twisted.schematic import Schematic
 
@@ -114,8 +115,13 @@ class FactoryClient:
         build_timeout: float = 1260.0,
         retry: RetryPolicy = RetryPolicy(),
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ):
         self._http = http
+        self._metrics = metrics
+        self.last_success: float | None = None  # when a factory call last worked (readiness)
+        self.last_error: str | None = None
+        self._last_probe = float("-inf")
         self.base_url = base_url.rstrip("/")
         self._clock = clock
         self._store = store
@@ -138,12 +144,32 @@ class FactoryClient:
         self._clock.callLater(seconds, d.callback, None)
         return d
 
+    def _kind(self, what: str) -> str:
+        path = what.split(" ", 1)[-1]
+        if path.startswith("/version/"):
+            return "catalog"
+        if path.startswith("/schematics"):
+            return "schematic"
+        if path.startswith("/image/"):
+            return "image"
+        return path.strip("/").split("/", 1)[0] or "other"
+
     async def _with_retries(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        kind = self._kind(what)
         for attempt in range(self._retry.attempts):
+            started = self._clock.seconds()
             try:
-                return await call()
+                result = await call()
+                self.last_success, self.last_error = self._clock.seconds(), None
+                if self._metrics is not None:
+                    seconds = self._clock.seconds() - started
+                    self._metrics.upstream_call(kind, "ok", seconds, ttfb=seconds if kind == "image" else None)
+                return result
             except Exception as e:
                 err = as_talos_error(e, what, self._timeout)
+                self.last_error = err.message
+                if self._metrics is not None:
+                    self._metrics.upstream_call(kind, error_kind(err), self._clock.seconds() - started)
                 if not (isinstance(err, UpstreamError) and err.retryable) or attempt + 1 >= self._retry.attempts:
                     raise err from None
                 delay = self._retry.delay(attempt, self._rng)
@@ -212,6 +238,28 @@ class FactoryClient:
         if hit is not None:
             return hit[1]
         return self._store.load(name) if self._store else None
+
+    def reachable(self, within: float = 60.0, probe_every: float = 30.0) -> bool:
+        """Whether a factory call worked in the last `within` seconds; if not, a probe of
+        `/versions` is started in the background (at most every `probe_every` seconds), so
+        that the answer changes soon after the factory comes back."""
+        now = self._clock.seconds()
+        if self.last_success is not None and now - self.last_success <= within:
+            return True
+        if now - self._last_probe >= probe_every:
+            self._last_probe = now
+
+            async def probe() -> None:
+                try:
+                    await self._get_json("/versions")
+                except Exception:
+                    pass  # last_error says why
+
+            Deferred.fromCoroutine(probe())
+        return False
+
+    def health(self) -> dict[str, Any]:
+        return {"base_url": self.base_url, "last_success": self.last_success, "last_error": self.last_error}
 
     async def versions(self) -> list[str]:
         async def fetch() -> list[str]:

@@ -7,19 +7,20 @@ only a small one, kept in memory (413), connections are counted in total and per
 (503 + Retry-After), and the request target is checked and made an absolute path before
 routing (400 / 404 JSON, absolute-form served as its path). Every answer from this layer is
 JSON `{"error": ..., "status": N}` and never echoes the Host header.
+
+The pure checks of request lines, header lines and targets are in `talos_twisted.connlimits`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from enum import Enum
 from io import BytesIO
 from typing import Any, Iterable
-from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, datetimeToString
@@ -27,107 +28,16 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from talos_twisted.connlimits import (
-    ConnectionTable, LogThrottle, Refusal, ServerLimits, client_key, error_response, linger_and_close,
+    HOST, ConnectionTable, Fault, LogThrottle, Refusal, ServerLimits, TargetError, client_key, error_response,
+    header_line_error, linger_and_close, origin_form, request_line_error,
 )
+from talos_twisted.logs import access_event
+from talos_twisted.metrics import Metrics
 
 __all__ = ["ServerLimits", "TargetError", "make_site", "origin_form", "request_line_error"]
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
-_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.S)
-_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%\-]*)(:[0-9]{0,5})?")
-_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-# longer than any body we accept, and short enough that int() never sees a huge string
-_MAX_LENGTH_DIGITS = 18
-
-_Refusal = tuple[int, str, str]  # status, message, limit (the name logged)
-
-
-class TargetError(ValueError):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def request_line_error(line: bytes) -> _Refusal | None:
-    """What is wrong with a request line, stricter than Twisted (which then parses it)."""
-    parts = line.split(b" ")
-    if len(parts) != 3:
-        return 400, "the request line is not 'METHOD target HTTP/1.1' (single spaces)", "http_syntax"
-    method, target, version = parts
-    if not _TOKEN.fullmatch(method):
-        return 400, "the request method is not a valid token", "http_syntax"
-    if not target or any(c < 0x21 or c > 0x7E for c in target):
-        return 400, "the request target is empty or has a byte that is not printable ASCII", "http_syntax"
-    if not _VERSION.fullmatch(version):
-        return 400, "the request line does not end with an HTTP version like HTTP/1.1", "http_syntax"
-    if version not in (b"HTTP/1.0", b"HTTP/1.1"):
-        return 505, f"{version.decode('ascii')} is not supported here; use HTTP/1.1", "http_version"
-    return None
-
-
-def _header_line_error(line: bytes) -> _Refusal | None:
-    """The faults Twisted would answer with a bare 400, named (Twisted stays the backstop)."""
-    name, colon, value = line.partition(b":")
-    if not colon:
-        return 400, "a header line has no ':'", "http_syntax"
-    if not _TOKEN.fullmatch(name):
-        return 400, "a header name is not a valid token (no spaces before the ':')", "http_syntax"
-    value = value.strip(b" \t")
-    if len(value.translate(None, b"\x00\r\n")) != len(value):
-        return 400, "a header value contains a NUL, CR or LF byte", "http_syntax"
-    lname = name.lower()
-    if lname == b"content-length":
-        if not value.isdigit():
-            return 400, "Content-Length is not a decimal number", "http_syntax"
-        if len(value) > _MAX_LENGTH_DIGITS:
-            return 413, "the request body is far too large", "max_post_body"
-    elif lname == b"transfer-encoding" and value.lower() not in (b"chunked", b"identity"):
-        return 400, "only the chunked transfer coding is accepted", "http_syntax"
-    return None
-
-
-def origin_form(target: bytes) -> bytes:
-    """The request target as an absolute path (and query) for routing.
-
-    Absolute-form (`http://host/path`) becomes its path (RFC 9112 §3.2.2); `*` is kept (Twisted
-    answers it). Raises `TargetError` for what no route may see: bad percent-encoding, a
-    path that is not UTF-8 once decoded, control characters, an encoded '/', dot-segments
-    (400), and empty segments, which werkzeug would merge with a redirect (404).
-    """
-    if target == b"*":
-        return target
-    m = _ABSOLUTE.fullmatch(target)
-    if m:
-        if m.group(1).lower() not in (b"http", b"https"):
-            raise TargetError(400, "only http and https URLs can be requested")
-        if not m.group(2) or not _HOST.fullmatch(m.group(2)):
-            raise TargetError(400, "the host of the requested URL is not a valid host[:port]")
-        rest = m.group(3)
-        target = rest if rest.startswith(b"/") else b"/" + rest
-    if not target.startswith(b"/"):
-        raise TargetError(400, "the request target must be a path starting with '/' or an http(s) URL")
-    if b"#" in target:
-        raise TargetError(400, "the request target must not contain a fragment ('#')")
-    path = target.split(b"?", 1)[0]
-    if _BAD_ESCAPE.search(path):
-        raise TargetError(400, "the path has a '%' that is not followed by two hex digits")
-    segments = path[1:].split(b"/")
-    if path != b"/" and b"" in segments:
-        raise TargetError(404, "no such route: the path has an empty segment ('//' or a trailing '/')")
-    for segment in segments:
-        try:
-            text = unquote_to_bytes(segment).decode("utf-8")
-        except UnicodeDecodeError:
-            raise TargetError(400, "the path is not valid UTF-8 once percent-decoded") from None
-        if "/" in text:
-            raise TargetError(400, "the path has an encoded '/' (%2F) inside a segment")
-        if not text.isprintable():
-            raise TargetError(400, "the path has a control or non-printable character")
-        if text in (".", ".."):
-            raise TargetError(400, "the path has a '.' or '..' segment")
-    return target
+# module-level: a Logger class attribute would take its class's name as namespace
+_access_log = Logger(namespace="talos_twisted.access")
 
 
 class _Phase(Enum):
@@ -171,6 +81,8 @@ class LimitedChannel(HTTPChannel):
         self.site.connections.opened(self._key)
         self.site.channels.add(self)
         self._counted = True
+        if self.site.metrics is not None:
+            self.site.metrics.connection_opened()
         HTTPChannel.connectionMade(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -181,13 +93,15 @@ class LimitedChannel(HTTPChannel):
             self._counted = False
             self.site.connections.closed(self._key)
             self.site.channels.discard(self)
+            if self.site.metrics is not None:
+                self.site.metrics.connection_closed()
         HTTPChannel.connectionLost(self, reason)
 
     def refuse(self, status: int, message: str, limit: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         """Answer `status` with a JSON error and close, reading and dropping what follows."""
         if self.closing or self.transport is None:
             return
-        self.site.throttle.refused(self._key, limit, message)
+        self.site.refused(self._key, limit, message)
         self.transport.write(error_response(status, message, headers, body=self._method != b"HEAD"))
         self._close()
 
@@ -246,7 +160,7 @@ class LimitedChannel(HTTPChannel):
         if self._phase is _Phase.IDLE:
             self._begin_head()  # a pipelined request, read from the buffer after an answer
         self._head_bytes += len(line) + 2
-        error: _Refusal | None = None
+        error: Fault | None = None
         if self._awaiting_request_line:
             if line:  # Twisted skips one empty line before a request line, and refuses more
                 error = request_line_error(line)
@@ -262,7 +176,7 @@ class LimitedChannel(HTTPChannel):
             if self._header_count > self.limits.max_headers:
                 error = 431, f"the request has more than {self.limits.max_headers} header fields", "max_headers"
             else:
-                error = _header_line_error(line)
+                error = header_line_error(line)
         if error is not None:
             self.refuse(*error)
             return
@@ -282,13 +196,13 @@ class LimitedChannel(HTTPChannel):
             HTTPChannel.setTimeout(self, self.limits.request_body_timeout)
         HTTPChannel.allHeadersReceived(self)
 
-    def _head_error(self, request: Any) -> _Refusal | None:
+    def _head_error(self, request: Any) -> Fault | None:
         hosts = request.requestHeaders.getRawHeaders(b"host") or []
         if len(hosts) > 1:
             return 400, "the request has more than one Host header", "http_syntax"
         if not hosts and self._version == b"HTTP/1.1":
             return 400, "an HTTP/1.1 request must have a Host header", "http_syntax"
-        if hosts and not _HOST.fullmatch(hosts[0]):
+        if hosts and not HOST.fullmatch(hosts[0]):
             return 400, "the Host header is not a valid host[:port]", "http_syntax"
         if self.length != 0:  # Content-Length > 0, or chunked (None)
             if self._method != b"POST":
@@ -317,7 +231,13 @@ class LimitedChannel(HTTPChannel):
 
 class LimitedRequest(Request):
     """Request whose body is in memory and bounded, whose target is checked before routing,
-    and which never reports the client's Host header as its host name."""
+    which never reports the client's Host header as its host name, and which is logged once
+    (by the site) when it is finished or its connection is lost."""
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any):
+        Request.__init__(self, channel, *args, **kwargs)
+        self.received_at: float = channel.site.clock.seconds()  # the request line arrived
+        self.unlogged = False  # processed and not yet in the access log
 
     def gotLength(self, length: int | None) -> None:
         # never Twisted's unnamed temporary file: bodies are bounded, so memory is enough
@@ -342,6 +262,7 @@ class LimitedRequest(Request):
         return (f"[{host}]" if ":" in host else host).encode("ascii", "replace")
 
     def process(self) -> None:
+        self.unlogged = True  # from here on it is the app's (or our answer's): log it
         try:
             target = origin_form(self.uri)
         except TargetError as e:
@@ -351,6 +272,12 @@ class LimitedRequest(Request):
             self.uri = target
             self.path = target.split(b"?", 1)[0]
         Request.process(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        site = getattr(self.channel, "site", None)  # Twisted forgets the channel here
+        Request.connectionLost(self, reason)
+        if isinstance(site, LimitedSite):
+            site.access(self, completed=False)  # a client gone mid-answer is logged too
 
     def processingFailed(self, reason: Failure) -> Failure:
         # Twisted's is an HTML page; ours is the one JSON shape, and never a traceback
@@ -379,9 +306,12 @@ class LimitedRequest(Request):
 
 
 class LimitedSite(Site):
+    """Site with the limits, and our access log (one structured event per request, in
+    place of twisted.web's combined-log line) and request metrics."""
+
     requestFactory = LimitedRequest
 
-    def __init__(self, resource: IResource, limits: ServerLimits, clock: IReactorTime):
+    def __init__(self, resource: IResource, limits: ServerLimits, clock: IReactorTime, metrics: Metrics | None = None):
         # form bodies are not parsed into args: the app reads a body itself, if it wants one
         Site.__init__(self, resource, reactor=clock, parsePOSTFormSubmission=False)
         self.limits = limits
@@ -389,23 +319,46 @@ class LimitedSite(Site):
         self.connections = ConnectionTable(limits)
         self.channels: set[LimitedChannel] = set()
         self.throttle = LogThrottle(clock)
+        self.metrics = metrics
 
     def buildProtocol(self, addr: IAddress) -> Protocol:  # type: ignore[override]
         key = client_key(addr)
         limit = self.connections.over_limit(key)
         if limit is not None:
-            self.throttle.refused(key, limit, "connection refused with 503")
+            self.refused(key, limit, "connection refused with 503")
             return Refusal(self.connections, self.clock, limit)
         channel = LimitedChannel(self, key)
         channel.factory = self
         channel.requestFactory = self.requestFactory
         return channel
 
+    def refused(self, key: str, limit: str, message: str) -> None:
+        self.throttle.refused(key, limit, message)
+        if self.metrics is not None:
+            self.metrics.connection_refused(limit)
+
+    def log(self, request: Any) -> None:
+        # twisted.web calls this from Request.finish; its combined-log line is not written
+        self.access(request, completed=True)
+
+    def access(self, request: Any, completed: bool) -> None:
+        if not getattr(request, "unlogged", False):
+            return  # refused before processing (the refusal is logged), or logged already
+        request.unlogged = False
+        duration = self.clock.seconds() - request.received_at
+        fmt, fields = access_event(request, duration, completed)
+        _access_log.info(fmt, **fields)
+        if self.metrics is not None:
+            self.metrics.request_done(fields["route"], fields["status"], fields["cache"], fields["bytes"], duration)
+
     def acceptableProtocols(self) -> list[bytes]:
         # HTTP/1.1 only: the limits live in the HTTP/1.1 channel, and h2 would bypass them
         return [b"http/1.1"]
 
 
-def make_site(resource: IResource, limits: ServerLimits, clock: IReactorTime) -> IProtocolFactory:
-    """The protocol factory to listen with (any endpoint: tcp:, ssl:, unix:)."""
-    return LimitedSite(resource, limits, clock)
+def make_site(
+    resource: IResource, limits: ServerLimits, clock: IReactorTime, metrics: Metrics | None = None
+) -> IProtocolFactory:
+    """The protocol factory to listen with (any endpoint: tcp:, ssl:, unix:); `metrics`
+    counts requests and connections (None: not counted). `clock` also times requests."""
+    return LimitedSite(resource, limits, clock, metrics)

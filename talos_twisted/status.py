@@ -98,7 +98,12 @@ def _factory(factory: FactoryClient) -> dict[str, Any]:
         "latest": str(latest) if latest else None,
         # FactoryClient does not record whether its last metadata call worked (it serves the
         # last known answer quietly): None until it does, {ok, at, error} then
-        "health": None,
+        # what the last factory call said; the page shows when it last worked and why not
+        "health": {
+            "ok": factory.last_error is None and factory.last_success is not None,
+            "at": factory.last_success,
+            "error": factory.last_error,
+        },
     }
 
 

@@ -11,6 +11,7 @@ import twisted
 from treq.client import HTTPClient
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.internet.defer import DeferredSemaphore
 from twisted.python import usage
@@ -29,7 +30,9 @@ from talos_twisted.connlimits import ServerLimits
 from talos_twisted.httpserver import make_site
 from talos_twisted.prefetch import PrefetchService, Prefetcher
 from talos_twisted.scrub import ScrubService
-from talos_twisted.transfer import ResumePolicy
+from talos_twisted.logs import LoggingRoot, observer_for, progress_line
+from talos_twisted.metrics import Metrics
+from talos_twisted.transfer import ResumePolicy, State
 from talos_twisted.web import TalosImages
 
 
@@ -101,6 +104,40 @@ class DownloadsService(service.Service):
         return self.downloads.stop()
 
 
+class ProgressService(service.Service):
+    """Logs the progress of every running download every `interval` seconds."""
+
+    log = Logger()
+
+    def __init__(self, downloads: Downloads, interval: float, clock: Any):
+        self.downloads = downloads
+        self.interval = interval
+        self.clock = clock
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self._report)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return None
+
+    def _report(self) -> None:
+        try:
+            now = self.clock.seconds()
+            for d in self.downloads.active():
+                size = d.machine.size if d.machine.size_settled else None
+                fields = progress_line(d.available, size, now - d.started)
+                self.log.info("downloading {key}: {progress}", key=str(d.key), state=d.state.value, **fields)
+        except Exception:  # a report must never stop the loop
+            self.log.failure("progress report failed")
+
+
 class HTTPPoolService(service.Service):
     def __init__(self, pool: HTTPConnectionPool):
         self.pool = pool
@@ -127,7 +164,20 @@ def build(config: Config, reactor: Any, http: Any = None) -> tuple[service.Multi
         HTTPPoolService(http_pool).setServiceParent(top)
         http = HTTPClient(Agent(reactor, connectTimeout=talos.connect_timeout, pool=http_pool))
 
+    downloads_box: list[Downloads] = []  # the registry is made below; the gauges read it later
+
+    def active() -> list[Download]:
+        return downloads_box[0].active() if downloads_box else []
+
+    metrics = Metrics(
+        cache_bytes=lambda: cache.total_usage,
+        cache_entries=lambda: len(cache.entries()),
+        downloads_queued=lambda: sum(d.state is State.QUEUED for d in active()),
+        downloads_running=lambda: sum(d.state is not State.QUEUED for d in active()),
+        download_followers=lambda: sum(d.followers for d in active()),
+    )
     cache = CacheStore(talos.cache_directory, max_size=talos.max_cache_size, min_free=talos.min_free_space)
+    cache.on_evict = metrics.eviction
     CacheRecoveryService(cache).setServiceParent(top)
     factory = FactoryClient(
         http,
@@ -137,20 +187,26 @@ def build(config: Config, reactor: Any, http: Any = None) -> tuple[service.Multi
         metadata_ttl=talos.metadata_ttl,
         metadata_timeout=talos.metadata_timeout,
         build_timeout=talos.build_timeout,
+        metrics=metrics,
     )
     ctx = DownloadContext(
         reactor=reactor, pool=io_pool, cache=cache, factory=factory, compression=talos.compression,
         idle_timeout=talos.idle_timeout, slots=DeferredSemaphore(talos.max_downloads),
-        policy=ResumePolicy(window=talos.resume_window),
+        policy=ResumePolicy(window=talos.resume_window), metrics=metrics,
     )
     downloads = Downloads(lambda image: Download(image, ctx), cache, reactor)
+    downloads_box.append(downloads)
     DownloadsService(downloads).setServiceParent(top)
+    ProgressService(downloads, talos.progress_interval, reactor).setServiceParent(top)
     scrub = None
     if talos.scrub_rate:
         # after the cache's recovery in start order; hashes in the I/O pool at scrub_rate
         scrub = ScrubService(cache, talos.scrub_rate, reactor, io_pool)
         scrub.setServiceParent(top)
-    app = TalosImages(talos, factory=factory, cache=cache, downloads=downloads, clock=reactor, scrub=scrub)
+    metrics.scrub = scrub
+    app = TalosImages(
+        talos, factory=factory, cache=cache, downloads=downloads, clock=reactor, scrub=scrub, metrics=metrics
+    )
     if talos.prefetch and talos.enabled:
         # after the cache's recovery and the downloads in start order, so before them at stop
         prefetcher = Prefetcher(
@@ -241,9 +297,12 @@ def makeService(options: Options) -> service.MultiService:
     except (ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"talos-images: listen: {config.listen!r} is not a usable endpoint ({e})") from None
     top, app = build(config, reactor)
-    site = make_site(app.resource(), server_limits(config.talos), reactor)
+    site = make_site(app.resource(), server_limits(config.talos), reactor, metrics=app.metrics)
     listener = Listener(endpoint, site, config.listen)
     listener.listen_now()
     listener.setServiceParent(top)
     StartupLine(config).setServiceParent(top)
-    return top
+    # log_format: json gives twistd's Application the JSON observer (`--logger` still wins)
+    root = LoggingRoot(observer_for(config.talos.log_format))
+    top.setServiceParent(root)
+    return root

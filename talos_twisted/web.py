@@ -26,6 +26,7 @@ from talos_twisted.config import TalosConfig
 from talos_twisted.downloads import Downloads, Hit, Need
 from talos_twisted.errors import BadRequest, Disabled, InternalError, TalosError
 from talos_twisted.factory import FactoryClient
+from talos_twisted.health import readiness
 from talos_twisted.http_conditional import etag_list_matches
 from talos_twisted.metrics import Metrics
 from talos_twisted.request import ResolvedImage, parse_image_request
@@ -63,6 +64,7 @@ class TalosImages:
         downloads: Downloads,
         clock: IReactorTime,
         scrub: Any = None,  # a ScrubService, for its counters
+        metrics: Metrics | None = None,
     ):
         self.config = config
         self.factory = factory
@@ -71,7 +73,7 @@ class TalosImages:
         self.downloads = downloads
         self.clock = clock
         self.scrub = scrub
-        self.stats = Metrics(lambda: len(downloads), lambda: len(cache.entries()), lambda: cache.total_usage)
+        self.metrics = metrics or Metrics(cache_bytes=lambda: cache.total_usage, cache_entries=lambda: len(cache.entries()))
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -123,16 +125,16 @@ class TalosImages:
     def readyz(self, request: Any) -> bytes:
         request.setHeader("Content-Type", "application/json")
         request.setHeader("Cache-Control", "no-store")
-        writable = os.access(self.cache.root, os.W_OK)
-        if not writable:
+        doc = readiness(self.cache, self.factory, min_free=self.config.min_free_space)
+        if not doc["ready"]:
             request.setResponseCode(503)
-        return json.dumps({"ready": writable, "cache_writable": writable, "downloads": len(self.downloads)}).encode()
+        return json.dumps(doc).encode() + b"\n"
 
     @app.route("/metrics", methods=["GET"])
-    def metrics(self, request: Any) -> bytes:
+    def prometheus(self, request: Any) -> bytes:
         request.setHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         request.setHeader("Cache-Control", "no-store")
-        return self.stats.render()
+        return self.metrics.render()
 
     # --- the operator's status page -------------------------------------------------------
 
@@ -218,19 +220,17 @@ class TalosImages:
         )
         self._describe(request, image, found.outcome)
         if isinstance(found, Hit):
-            sent = await serve_entry(
+            await serve_entry(
                 request, found.entry, cache=self.cache, clock=self.clock,
                 stall_timeout=self.config.client_stall_timeout,
             )
         else:
-            sent = await serve_live(
+            await serve_live(
                 request, found.source, clock=self.clock, stall_timeout=self.config.client_stall_timeout
             )
-        self.stats.bytes_sent.inc(sent)
         return b""
 
     def _describe(self, request: Any, image: ResolvedImage, outcome: str) -> None:
-        self.stats.images.labels(outcome).inc()
         request.setHeader("X-Talos-Version", image.version)
         request.setHeader("X-Talos-Schematic", image.schematic.id)
         request.setHeader("X-Talos-Cache", outcome)

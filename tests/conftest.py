@@ -82,7 +82,7 @@ class Stack:
         self.service, self.app = build(self.config, reactor)
         self.service.startService()
         # through the hardened server layer, as twistd serves it
-        site = make_site(self.app.resource(), server_limits(talos), reactor)
+        site = make_site(self.app.resource(), server_limits(talos), reactor, metrics=self.app.metrics)
         dport = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.daemon_port = dport
         self.ports.append(dport)

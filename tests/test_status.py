@@ -50,6 +50,8 @@ class FakeDownloads:
 
 class FakeFactory:
     base_url = "http://factory.test"
+    last_success = 100.0
+    last_error = None
 
     def __init__(self, known):
         self._known = known
@@ -109,7 +111,7 @@ def test_document_shape(tmp_path):
     )
     assert known["extensions"] == ["siderolabs/qemu-guest-agent"] and known["overlay"] == "rpi_generic"
     assert doc["factory"] == {"base_url": "http://factory.test", "versions_known": 3, "latest": "v1.11.2",
-                              "health": None}
+                              "health": {"ok": True, "at": 100.0, "error": None}}
     assert doc["platforms"] == ["metal"] and doc["arches"] == ["amd64", "arm64"]
     assert doc["cache"]["count"] == 1 and doc["cache"]["disk_usage"] == cache.total_usage
     json.dumps(doc)  # what the route does with it

@@ -54,7 +54,13 @@ async def test_make_service_listens_on_the_endpoint(tmp_path):
     opts = parse(["--cache-dir", str(tmp_path / "c"), "--listen", "tcp:0:interface=127.0.0.1"])
     svc = makeService(opts)
     assert IServiceCollection.providedBy(svc)
-    listeners = [s for s in svc if isinstance(s, Listener)]
+    def walk(node):
+        yield node
+        if IServiceCollection.providedBy(node):
+            for child in node:
+                yield from walk(child)
+
+    listeners = [s for s in walk(svc) if isinstance(s, Listener)]
     assert len(listeners) == 1 and listeners[0].description == "tcp:0:interface=127.0.0.1"
     assert listeners[0].port is not None, "bound before twistd starts the services"
     await listeners[0].stopService()

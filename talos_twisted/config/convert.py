@@ -133,6 +133,13 @@ def parse_compression(value: Any) -> str:
     return text
 
 
+def parse_log_format(value: Any) -> str:
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text not in ("text", "json"):
+        raise ValueError(f"{value!r} is not one of text, json")
+    return str(text)
+
+
 def parse_positive_int(value: Any) -> int:
     if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
         value = int(value)

@@ -26,6 +26,7 @@ from .convert import (
     parse_compression,
     parse_extension,
     parse_listen,
+    parse_log_format,
     parse_overlay,
     parse_path,
     parse_platform,
@@ -199,6 +200,12 @@ class TalosConfig:
     )
     max_downloads: int = key(
         4, via(parse_positive_int), "simultaneous image downloads from the factory (at least 1); more wait their turn"
+    )
+    log_format: str = key(
+        "text", via(parse_log_format), "`text` (twistd's own lines) or `json` (one JSON object per line on stdout, with `-n`)"
+    )
+    progress_interval: float = key(
+        30.0, via(parse_timeout), "how often a running download's progress (bytes, rate, ETA) is logged"
     )
     scrub_rate: int = key(
         50_000_000, via(parse_size), "bytes per second the background scrub re-hashes cached images at; `0` = off"
