@@ -27,7 +27,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from talos_twisted import transfer as t, xzformat, zstdformat
 from talos_twisted.cache import CacheEntry, CacheStore
 from talos_twisted.decompress import Decoder, DecompressError, make_decoder
-from talos_twisted.errors import InternalError, StorageError, TalosError, UpstreamCorrupt
+from talos_twisted.errors import InternalError, StorageError, TalosError, UpstreamCorrupt, UpstreamNotFound
 from talos_twisted.factory import FactoryClient, as_talos_error, content_range, image_path
 from talos_twisted.metrics import Metrics, error_kind
 from talos_twisted.observe import OneShot
@@ -177,10 +177,19 @@ class Download:
                     return
             if ctx.metrics is not None:
                 ctx.metrics.download_started()
-            remote_id = await ctx.factory.ensure_schematic(self.image.schematic)
             img = self.image
+            remote_id = await ctx.factory.ensure_schematic(img.schematic)
             self._path = image_path(remote_id, img.version, img.platform, img.arch, ctx.compression)
-            response = await ctx.factory.open_image(self._path)
+            try:
+                response = await ctx.factory.open_image(self._path)
+            except UpstreamNotFound:
+                # a factory that lost the schematic (a self-hosted one restarted without its
+                # storage) answers 404 for ever unless it is POSTed again: once, then retry
+                self.log.info("the image factory does not know {id}: POSTing it again", id=remote_id)
+                ctx.factory.forget_schematic(remote_id)
+                remote_id = await ctx.factory.ensure_schematic(img.schematic)
+                self._path = image_path(remote_id, img.version, img.platform, img.arch, ctx.compression)
+                response = await ctx.factory.open_image(self._path)
         except Exception as e:
             self._apply(self.machine.failed(as_talos_error(e, "image download")))
             return

@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 import random
 import re
+from urllib.parse import urlsplit
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar, cast
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError as TxTimeoutError
+from twisted.internet.error import (
+    ConnectError, ConnectingCancelledError, ConnectionRefusedError, DNSLookupError, TCPTimedOutError,
+    TimeoutError as TxTimeoutError,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -66,8 +70,25 @@ def _first_line(body: bytes) -> str:
     return text[0][:200] if text else ""
 
 
-def as_talos_error(failure_value: BaseException, what: str, timeout: float | None = None) -> TalosError:
-    """What a failed upstream call means to our clients (our own errors pass through)."""
+def _factory(host: str) -> str:
+    return f"the image factory ({host})" if host else "the image factory"
+
+
+def _connect_cause(e: BaseException) -> str:
+    if isinstance(e, DNSLookupError):
+        return "DNS lookup failed"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, (TCPTimedOutError, ConnectingCancelledError)):
+        return "connecting timed out"
+    return str(e).strip() or type(e).__name__
+
+
+def as_talos_error(
+    failure_value: BaseException, what: str, timeout: float | None = None, host: str = ""
+) -> TalosError:
+    """What a failed upstream call means to our clients (our own errors pass through);
+    the message names the factory's host and the cause (DNS, refused, timeout, status)."""
     if isinstance(failure_value, TalosError):
         return failure_value
     if isinstance(failure_value, (ResponseFailed, ResponseNeverReceived)):
@@ -77,17 +98,18 @@ def as_talos_error(failure_value: BaseException, what: str, timeout: float | Non
             failure_value = CancelledError()
     if isinstance(failure_value, (CancelledError, TxTimeoutError)):
         t = f" within {timeout:g}s" if timeout else ""
-        return UpstreamTimeout(f"the image factory did not answer {what}{t}", retryable=True)
+        return UpstreamTimeout(f"{_factory(host)} did not answer {what}{t}", retryable=True)
     if isinstance(failure_value, (ConnectError, DNSLookupError)):
-        return UpstreamUnreachable(f"the image factory is unreachable ({what})", retryable=True)
+        cause = _connect_cause(failure_value)
+        return UpstreamUnreachable(f"{_factory(host)} is unreachable: {cause} ({what})", retryable=True)
     if isinstance(failure_value, (ResponseFailed, ResponseNeverReceived)):
-        return UpstreamError(f"the image factory broke off the connection ({what})", retryable=True)
-    return UpstreamError(f"the image factory call failed ({what}: {type(failure_value).__name__})", retryable=True)
+        return UpstreamError(f"{_factory(host)} broke off the connection ({what})", retryable=True)
+    return UpstreamError(f"{_factory(host)} call failed ({what}: {type(failure_value).__name__})", retryable=True)
 
 
-def status_error(code: int, body: bytes, what: str) -> UpstreamError:
+def status_error(code: int, body: bytes, what: str, host: str = "") -> UpstreamError:
     detail = _first_line(body)
-    msg = f"the image factory answered {code} to {what}" + (f": {detail}" if detail else "")
+    msg = f"{_factory(host)} answered {code} to {what}" + (f": {detail}" if detail else "")
     if code == 404:
         return UpstreamNotFound(msg)
     if code == 429 or code >= 500:
@@ -123,6 +145,7 @@ class FactoryClient:
         self.last_error: str | None = None
         self._last_probe = float("-inf")
         self.base_url = base_url.rstrip("/")
+        self.host = urlsplit(self.base_url).netloc  # named in every error about the factory
         self._clock = clock
         self._store = store
         self._ttl = metadata_ttl
@@ -166,7 +189,7 @@ class FactoryClient:
                     self._metrics.upstream_call(kind, "ok", seconds, ttfb=seconds if kind == "image" else None)
                 return result
             except Exception as e:
-                err = as_talos_error(e, what, self._timeout)
+                err = as_talos_error(e, what, self._timeout, self.host)
                 self.last_error = err.message
                 if self._metrics is not None:
                     self._metrics.upstream_call(kind, error_kind(err), self._clock.seconds() - started)
@@ -186,7 +209,7 @@ class FactoryClient:
             resp = await self._http.get(self.base_url + path, timeout=self._timeout, reactor=self._clock)
             body = await resp.content()
             if resp.code != 200:
-                raise status_error(resp.code, body, what)
+                raise status_error(resp.code, body, what, self.host)
             try:
                 return json.loads(body)
             except ValueError:
@@ -301,7 +324,7 @@ class FactoryClient:
             )
             body = await resp.content()
             if resp.code not in (200, 201):
-                raise status_error(resp.code, body, what)
+                raise status_error(resp.code, body, what, self.host)
             try:
                 remote = json.loads(body)["id"]
             except (ValueError, KeyError, TypeError):
@@ -320,6 +343,10 @@ class FactoryClient:
         self._schematics.add(remote)
         return remote
 
+    def forget_schematic(self, schematic_id: str) -> None:
+        """The factory does not know it (any more): POST it again before the next download."""
+        self._schematics.discard(schematic_id)
+
     async def open_image(self, path: str) -> IResponse:
         """GET an image, redirects followed, body unbuffered; 200 or UpstreamError."""
         what = f"GET {path}"
@@ -330,7 +357,7 @@ class FactoryClient:
             )
             if resp.code != 200:
                 body = await resp.content()
-                raise status_error(resp.code, body, what)
+                raise status_error(resp.code, body, what, self.host)
             return cast(IResponse, resp)  # treq's response wraps an IResponse
 
         try:

@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,12 +24,12 @@ from talos_twisted import status
 from talos_twisted.cache import CacheStore
 from talos_twisted.config import TalosConfig
 from talos_twisted.downloads import Downloads, Hit, Need
-from talos_twisted.errors import BadRequest, Disabled, InternalError, TalosError
+from talos_twisted.errors import BadRequest, Disabled, InternalError, TalosError, Unavailable
 from talos_twisted.factory import FactoryClient
 from talos_twisted.health import readiness
 from talos_twisted.http_conditional import etag_list_matches
 from talos_twisted.metrics import Metrics
-from talos_twisted.request import ResolvedImage, parse_image_request
+from talos_twisted.request import ImageRequest, ResolvedImage, parse_image_request
 from talos_twisted.resolver import ImageResolver
 from talos_twisted.serve import serve_entry, serve_live, stamp_date
 from talos_twisted.versions import InvalidVersion, Version, newest_stable, parse_version_list
@@ -209,7 +209,7 @@ class TalosImages:
     async def image(self, request: Any, version: str, arch: str, filename: str) -> bytes:
         self._require_enabled()
         req = parse_image_request(version, arch, filename, request.args, self.config.platforms)
-        image = await self.resolver.resolve(req)
+        image = await self._resolve(req)
         if req.checksum:
             return await self._checksum(request, image)
         head = request.method == b"HEAD"
@@ -229,6 +229,21 @@ class TalosImages:
                 request, found.source, clock=self.clock, stall_timeout=self.config.client_stall_timeout
             )
         return b""
+
+    async def _resolve(self, req: ImageRequest) -> ResolvedImage:
+        """Resolve within first_byte_timeout: no client waits longer for the factory's metadata.
+
+        The factory client's calls are single-flight with a Deferred per caller, so giving up
+        here leaves the call running; its answer is kept for the next try."""
+        d = Deferred.fromCoroutine(self.resolver.resolve(req))
+        d.addTimeout(self.config.first_byte_timeout, self.clock)
+        try:
+            return await d
+        except DeferredTimeout:
+            raise Unavailable(
+                f"the image factory ({self.factory.host}) has not answered within {self.config.first_byte_timeout:g}s"
+                " (versions, catalog); the call goes on, retry later"
+            ) from None
 
     def _describe(self, request: Any, image: ResolvedImage, outcome: str) -> None:
         request.setHeader("X-Talos-Version", image.version)
