@@ -343,6 +343,33 @@ class FactoryClient:
         self._schematics.add(remote)
         return remote
 
+    async def schematic_text(self, schematic_id: str) -> str:
+        """The canonical YAML of a schematic made elsewhere (the factory's UI, talosctl,
+        Omni): fetched once, then kept (memory and disk) for good — an ID names one
+        schematic for ever, so hits and restarts need no upstream call."""
+        name = f"schematic-{schematic_id}"
+        known = self.known(name)
+        if isinstance(known, str):
+            return known
+        what = f"GET /schematics/{schematic_id}"
+
+        async def fetch() -> str:
+            async def once() -> str:
+                resp = await self._http.get(self.base_url + f"/schematics/{schematic_id}", timeout=self._timeout,
+                                            reactor=self._clock)
+                body = await resp.content()
+                if resp.code != 200:
+                    raise status_error(resp.code, body, what, self.host)
+                return cast(bytes, body).decode("utf-8", "replace")
+
+            return await self._with_retries(what, once)
+
+        text = await self._single_flight(name, fetch)
+        self._memo[name] = (float("inf"), text)
+        if self._store is not None:
+            self._store.save(name, text)
+        return text
+
     def forget_schematic(self, schematic_id: str) -> None:
         """The factory does not know it (any more): POST it again before the next download."""
         self._schematics.discard(schematic_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -10,7 +11,8 @@ from talos_twisted.names import ARCHES, MAX_EXTENSIONS, is_extension_name, is_pl
 from talos_twisted.schematic import Schematic
 from talos_twisted.versions import InvalidVersion, Version
 
-QUERY_KEYS = ("extensions", "overlay", "overlays")
+QUERY_KEYS = ("extensions", "overlay", "overlays", "schematic")
+_SCHEMATIC_ID = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
 
@@ -22,6 +24,7 @@ class ImageRequest:
     extensions: tuple[str, ...]  # as the user wrote them, de-duplicated
     overlay: str | None
     checksum: bool  # the .sha256 file rather than the image
+    schematic_id: str | None = None  # ?schematic=<id>: a schematic made elsewhere, as it is
 
 
 def _split(values: Iterable[str]) -> list[str]:
@@ -77,7 +80,15 @@ def parse_image_request(
     for name in exts + overlays:
         if not is_extension_name(name):
             raise BadRequest(f"{name!r} is not a valid extension or overlay name")
-    return ImageRequest(version, arch, base, tuple(exts), overlays[0] if overlays else None, checksum)
+    schematics = list(dict.fromkeys(q.get("schematic", [])))
+    schematic_id = None
+    if schematics:
+        if len(schematics) > 1 or not _SCHEMATIC_ID.fullmatch(schematics[0]):
+            raise BadRequest("schematic must be one schematic ID: 64 lowercase hexadecimal digits")
+        if exts or overlays:
+            raise BadRequest("schematic names the whole image: it cannot be combined with extensions or overlay")
+        schematic_id = schematics[0]
+    return ImageRequest(version, arch, base, tuple(exts), overlays[0] if overlays else None, checksum, schematic_id)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from talos_twisted.catalog import UnknownName
 from talos_twisted.errors import NotFound, UpstreamError
 from talos_twisted.factory import FactoryClient
 from talos_twisted.request import ImageRequest, ResolvedImage
-from talos_twisted.schematic import Overlay, Schematic
+from talos_twisted.errors import UpstreamNotFound
+from talos_twisted.schematic import Overlay, Schematic, SchematicError, parse_schematic
 from talos_twisted.versions import newest_stable, parse_version_list
 
 
@@ -28,6 +29,8 @@ class ImageResolver:
 
     async def resolve(self, req: ImageRequest) -> ResolvedImage:
         version = await self.resolve_version(req.version)
+        if req.schematic_id is not None:
+            return await self._by_id(req, version)
         catalog = await self._factory.catalog(version)
         try:
             names = {catalog.resolve_extension(n) for n in self._defaults + req.extensions}
@@ -39,4 +42,22 @@ class ImageResolver:
             extensions=tuple(sorted(names)),
             overlay=Overlay(overlay.name, overlay.image) if overlay else None,
         )
+        return ResolvedImage(version, req.arch, req.platform, schematic, latest=req.version == "latest")
+
+    async def _by_id(self, req: ImageRequest, version: str) -> ResolvedImage:
+        """A schematic made elsewhere, served as it is: no defaults merged, no catalog check."""
+        sid = req.schematic_id
+        assert sid is not None
+        try:
+            text = await self._factory.schematic_text(sid)
+        except UpstreamNotFound:
+            raise NotFound(f"the image factory does not know schematic {sid}") from None
+        try:
+            schematic = parse_schematic(text)
+        except SchematicError as e:
+            raise UpstreamError(f"the image factory's schematic {sid} cannot be read: {e}") from None
+        if schematic.id != sid:
+            # the cache key must be the ID the client named; a different canonical text is
+            # the factory's bug or ours, never a reason to serve another image
+            raise UpstreamError(f"the image factory's schematic {sid} reads back as {schematic.id}")
         return ResolvedImage(version, req.arch, req.platform, schematic, latest=req.version == "latest")
