@@ -255,6 +255,16 @@ class FactoryClient:
             self._store.save(name, value)
         return value
 
+    def fresh_until(self, names: tuple[str, ...]) -> float:
+        """Until when every one of these memoised answers stays fresh (0: one is not held)."""
+        until = float("inf")
+        for name in names:
+            hit = self._memo.get(name)
+            if hit is None:
+                return 0.0
+            until = min(until, hit[0])
+        return until
+
     def known(self, name: str) -> Any | None:
         """The last answer for `name` without any upstream call (memo, then disk)."""
         hit = self._memo.get(name)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from talos_twisted.catalog import UnknownName
+from talos_twisted.config import Profile
 from talos_twisted.errors import NotFound, UpstreamError
 from talos_twisted.factory import FactoryClient
 from talos_twisted.request import ImageRequest, ResolvedImage
@@ -11,10 +15,29 @@ from talos_twisted.schematic import Overlay, Schematic, SchematicError, parse_sc
 from talos_twisted.versions import newest_stable, parse_version_list
 
 
+_MEMO_SIZE = 4096  # resolutions remembered; the memo is dropped whole when it fills
+
+
 class ImageResolver:
-    def __init__(self, factory: FactoryClient, default_extensions: tuple[str, ...] = ()):
+    def __init__(self, factory: FactoryClient, default_extensions: tuple[str, ...] = (), clock: Any = None):
         self._factory = factory
         self._defaults = default_extensions
+        self._clock = clock
+        # a URL resolves to the same image while the metadata it was resolved with is fresh:
+        # a hit then does no version parsing, catalog lookup or schematic rendering
+        self._memo: dict[ImageRequest, tuple[ResolvedImage, tuple[str, ...]]] = {}
+
+    async def resolve(self, req: ImageRequest) -> ResolvedImage:
+        if self._clock is None:
+            return await self._resolve(req)
+        hit = self._memo.get(req)
+        if hit is not None and self._clock.seconds() < self._factory.fresh_until(hit[1]):
+            return hit[0]
+        image = await self._resolve(req)
+        if len(self._memo) >= _MEMO_SIZE:
+            self._memo.clear()
+        self._memo[req] = (image, ("versions", f"catalog-{image.version}"))
+        return image
 
     async def resolve_version(self, spec: str) -> str:
         versions = parse_version_list(await self._factory.versions())
@@ -27,7 +50,7 @@ class ImageResolver:
             raise NotFound(f"Talos version {spec} is not available from the image factory")
         return spec
 
-    async def resolve(self, req: ImageRequest) -> ResolvedImage:
+    async def _resolve(self, req: ImageRequest) -> ResolvedImage:
         version = await self.resolve_version(req.version)
         if req.schematic_id is not None:
             return await self._by_id(req, version)
@@ -60,4 +83,23 @@ class ImageResolver:
             # the cache key must be the ID the client named; a different canonical text is
             # the factory's bug or ours, never a reason to serve another image
             raise UpstreamError(f"the image factory's schematic {sid} reads back as {schematic.id}")
+        return ResolvedImage(version, req.arch, req.platform, schematic, latest=req.version == "latest")
+
+    async def resolve_profile(self, profile: Profile, req: ImageRequest) -> ResolvedImage:
+        """A configured profile: its extensions (with default_extensions) and overlay from
+        the version's catalog, its customization as the factory's own fields."""
+        version = await self.resolve_version(req.version)
+        catalog = await self._factory.catalog(version)
+        try:
+            names = sorted({catalog.resolve_extension(n) for n in self._defaults + profile.extensions})
+            overlay = catalog.resolve_overlay(profile.overlay) if profile.overlay else None
+        except UnknownName as e:
+            raise NotFound(f"profile {profile.name}: {e}") from None
+        customization = json.loads(profile.customization)
+        if names:
+            customization["systemExtensions"] = {"officialExtensions": names}
+        doc: dict[str, Any] = {"customization": customization}
+        if overlay is not None:
+            doc["overlay"] = {"image": overlay.image, "name": overlay.name}
+        schematic = parse_schematic(json.dumps(doc))  # checked when the configuration loaded
         return ResolvedImage(version, req.arch, req.platform, schematic, latest=req.version == "latest")

@@ -8,7 +8,8 @@ from typing import Iterable
 
 _VERSION_RE = re.compile(
     r"^v?(?P<major>0|[1-9]\d{0,5})\.(?P<minor>0|[1-9]\d{0,5})\.(?P<patch>0|[1-9]\d{0,5})"
-    r"(?:-(?P<pre>[0-9A-Za-z]+(?:\.[0-9A-Za-z]+){0,3}))?$"
+    r"(?:-(?P<pre>[0-9A-Za-z]+(?:\.[0-9A-Za-z]+){0,3}))?\Z",
+    re.ASCII,  # a Unicode digit is not a digit: versions end up in paths and factory URLs
 )
 
 

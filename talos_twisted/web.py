@@ -24,7 +24,7 @@ from talos_twisted import status
 from talos_twisted.cache import CacheStore
 from talos_twisted.config import TalosConfig
 from talos_twisted.downloads import Downloads, Hit, Need
-from talos_twisted.errors import BadRequest, Disabled, InternalError, TalosError, Unavailable
+from talos_twisted.errors import BadRequest, Disabled, InternalError, NotFound, TalosError, Unavailable
 from talos_twisted.factory import FactoryClient
 from talos_twisted.health import readiness
 from talos_twisted.http_conditional import etag_list_matches
@@ -68,7 +68,7 @@ class TalosImages:
     ):
         self.config = config
         self.factory = factory
-        self.resolver = ImageResolver(factory, config.default_extensions)
+        self.resolver = ImageResolver(factory, config.default_extensions, clock)
         self.cache = cache
         self.downloads = downloads
         self.clock = clock
@@ -210,6 +210,9 @@ class TalosImages:
         self._require_enabled()
         req = parse_image_request(version, arch, filename, request.args, self.config.platforms)
         image = await self._resolve(req)
+        return await self._answer(request, req, image)
+
+    async def _answer(self, request: Any, req: ImageRequest, image: ResolvedImage) -> bytes:
         if req.checksum:
             return await self._checksum(request, image)
         head = request.method == b"HEAD"
@@ -230,12 +233,28 @@ class TalosImages:
             )
         return b""
 
+    @app.route("/images/talos/profiles/<name>/<version>/<arch>/<filename>", methods=["GET", "HEAD"])
+    async def profile_image(self, request: Any, name: str, version: str, arch: str, filename: str) -> bytes:
+        self._require_enabled()
+        profile = next((p for p in self.config.profiles if p.name == name), None)
+        if profile is None:
+            known = ", ".join(p.name for p in self.config.profiles) or "none are configured"
+            raise NotFound(f"no profile named {name!r} (profiles: {known})")
+        req = parse_image_request(version, arch, filename, {}, self.config.platforms)
+        if request.args:
+            raise BadRequest("a profile names the whole image: no query parameters")
+        image = await self._within_first_byte_timeout(self.resolver.resolve_profile(profile, req))
+        return await self._answer(request, req, image)
+
     async def _resolve(self, req: ImageRequest) -> ResolvedImage:
+        return await self._within_first_byte_timeout(self.resolver.resolve(req))
+
+    async def _within_first_byte_timeout(self, work: Any) -> ResolvedImage:
         """Resolve within first_byte_timeout: no client waits longer for the factory's metadata.
 
         The factory client's calls are single-flight with a Deferred per caller, so giving up
         here leaves the call running; its answer is kept for the next try."""
-        d = Deferred.fromCoroutine(self.resolver.resolve(req))
+        d: Deferred[ResolvedImage] = Deferred.fromCoroutine(work)
         d.addTimeout(self.config.first_byte_timeout, self.clock)
         try:
             return await d

@@ -83,3 +83,32 @@ def test_fragment_suggests_names_containing_it():
     with pytest.raises(UnknownName) as e:
         CAT.resolve_extension("qemu")
     assert "qemu-guest-agent" in e.value.suggestions
+
+
+# --- property tests: any input is a valid request or a 400/404, never an exception -------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from talos_twisted.errors import TalosError  # noqa: E402
+from talos_twisted.request import ImageKey, parse_image_request as _parse  # noqa: E402
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
+    ["latest", "v1.11.2", "v1.١.2", "..", "%2e%2e", "openstack.raw", "metal.raw.sha256", "amd64", "arm64", "/etc"]
+)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(version=_TEXT, arch=_TEXT, filename=_TEXT,
+       query=st.dictionaries(st.sampled_from(["extensions", "overlay", "schematic", "x", "overlays"]),
+                             st.lists(_TEXT, max_size=3), max_size=3))
+def test_any_input_is_a_request_or_a_clear_error(version, arch, filename, query):
+    try:
+        req = _parse(version, arch, filename, query, ("openstack", "metal"))
+    except TalosError as e:
+        assert e.status in (400, 404) and e.message and "\n" not in e.message
+        return
+    # what parses names a cache path under the root: only validated ASCII components
+    key = ImageKey(req.version if req.version != "latest" else "v1.11.2", req.arch, "0" * 64, req.platform)
+    parts = key.relpath.split("/")
+    assert all(p and p not in (".", "..") and p.isascii() and "\\0" not in p for p in parts)
+    assert len(parts) == 4

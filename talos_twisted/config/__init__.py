@@ -23,6 +23,7 @@ from .schema import (
     Config,
     Key,
     PrefetchImage,
+    Profile,
     TalosConfig,
 )
 from .sources import ENV_PREFIX, env_name, load_config, option_name
@@ -41,6 +42,7 @@ __all__ = [
     "ConfigError",
     "Key",
     "PrefetchImage",
+    "Profile",
     "TalosConfig",
     "default_cache_directory",
     "env_name",

@@ -9,6 +9,8 @@ checks that the default and the converter's result have the field's type. The do
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -115,6 +117,54 @@ def _convert_prefetch_item(item: Any, label: str) -> PrefetchImage:
         fail(label, f"expected a mapping with keys {', '.join(PREFETCH_KEYS)}, not {kind(item)}")
     check_keys(item, PREFETCH_KEYS, f"{label}.")
     return PrefetchImage(**{k: _PREFETCH_CONVERTERS[k](raw, f"{label}.{k}") for k, raw in item.items()})
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named image recipe, for machines whose tooling cannot send a query string."""
+
+    name: str
+    extensions: tuple[str, ...] = ()
+    overlay: str | None = None
+    customization: str = "{}"  # the factory's `customization` fields as JSON (hashable)
+
+
+_PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
+_PROFILE_KEYS = ("extensions", "overlay", "customization")
+
+
+def _convert_profiles(value: Any, label: str) -> tuple[Profile, ...]:
+    from talos_twisted.schematic import SchematicError, parse_schematic
+
+    if value is None:
+        return ()
+    if isinstance(value, tuple) and all(isinstance(p, Profile) for p in value):
+        return value
+    if not isinstance(value, Mapping):
+        fail(label, f"expected a mapping of profile names to {{extensions, overlay, customization}}, not {kind(value)}")
+    out = []
+    for name, spec in value.items():
+        where = f"{label}.{name}"
+        if not isinstance(name, str) or not _PROFILE_NAME.fullmatch(name):
+            fail(where, "a profile name is lowercase letters, digits and '-', at most 63")
+        spec = {} if spec is None else spec
+        if not isinstance(spec, Mapping):
+            fail(where, f"expected a mapping with keys {', '.join(_PROFILE_KEYS)}, not {kind(spec)}")
+        check_keys(spec, _PROFILE_KEYS, f"{where}.")
+        exts = _extensions(spec.get("extensions"), f"{where}.extensions")
+        overlay = optional(via(parse_overlay))(spec.get("overlay"), f"{where}.overlay")
+        custom = spec.get("customization") or {}
+        if not isinstance(custom, Mapping):
+            fail(f"{where}.customization", f"expected a mapping of the factory's customization fields, not {kind(custom)}")
+        if "systemExtensions" in custom:
+            fail(f"{where}.customization", "systemExtensions come from the profile's extensions: list them there")
+        text = json.dumps(dict(custom), sort_keys=True)
+        try:
+            parse_schematic(json.dumps({"customization": dict(custom)}))  # as the factory would read it
+        except SchematicError as e:
+            fail(f"{where}.customization", f"the image factory would refuse it: {e}")
+        out.append(Profile(name, exts, overlay, text))
+    return tuple(out)
 
 
 def _convert_prefetch(value: Any, label: str) -> tuple[PrefetchImage, ...]:
@@ -237,6 +287,13 @@ class TalosConfig:
     max_headers: int = key(100, via(parse_positive_int), "most header fields in a request; more gets `431`")
     max_post_body: int = key(
         64 * 1024, via(parse_size), "largest `POST` body (kept in memory, never on disk); larger gets `413`"
+    )
+    profiles: tuple[Profile, ...] = key(
+        (),
+        _convert_profiles,
+        "named images served at `/images/talos/profiles/{NAME}/{version}/{arch}/{platform}.raw`: "
+        "`{NAME: {extensions, overlay, customization}}` (in the file only)",
+        env=False,
     )
     prefetch: tuple[PrefetchImage, ...] = key(
         (),
