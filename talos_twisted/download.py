@@ -24,16 +24,17 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from talos_twisted import transfer as t, xzformat, zstdformat
+from talos_twisted import transfer as t
 from talos_twisted.cache import CacheEntry, CacheStore
-from talos_twisted.decompress import Decoder, DecompressError, make_decoder
-from talos_twisted.errors import InternalError, StorageError, TalosError, UpstreamCorrupt, UpstreamNotFound
+from talos_twisted.decompress import Decoder, make_decoder
+from talos_twisted.errors import InternalError, StorageError, TalosError, UpstreamNotFound
 from talos_twisted.factory import FactoryClient, as_talos_error, content_range, image_path
 from talos_twisted.metrics import Metrics, error_kind
 from talos_twisted.observe import OneShot
 from talos_twisted.request import ImageKey, ResolvedImage
+from talos_twisted.sizeprobe import ZstdHead, xz_size_from_tail
 from talos_twisted.transfer import State, Transfer
-from talos_twisted.writer import ImageChanged, ImageWriter
+from talos_twisted.writer import ImageWriter, writer_error
 
 
 # disk room made before each batch is written: more than one batch can decode to
@@ -81,20 +82,6 @@ class _Abandon(Protocol):
         cast(IPushProducer, self.transport).stopProducing()
 
 
-def writer_error(failure: Failure) -> TalosError:
-    """What a failure of the writer thread means to clients."""
-    if failure.check(DecompressError):
-        return UpstreamCorrupt(f"the image from the image factory is corrupt: {failure.value}")
-    if failure.check(ImageChanged):
-        return UpstreamCorrupt(
-            f"the image factory sent a different image when the download was resumed: {failure.value}"
-        )
-    if failure.check(OSError):
-        err = cast(OSError, failure.value)
-        return StorageError(f"cannot write to the cache: {err.strerror or err}")
-    return InternalError("internal error while writing the image")
-
-
 class Download:
     log = Logger()
 
@@ -117,7 +104,7 @@ class Download:
         self._listeners: list[Callable[[], None]] = []
         self.first_data: OneShot[None] = OneShot()  # a byte is readable, or the download ended
         self.size_known: OneShot[int | None] = OneShot()  # the raw size, None: not before the end
-        self._zstd_head: bytearray | None = bytearray() if ctx.compression == "zst" else None
+        self._zstd_head: ZstdHead | None = ZstdHead() if ctx.compression == "zst" else None
         self.ended: OneShot[None] = OneShot()
         self.settled: OneShot[None] = OneShot()  # ended, and no file or thread is left open
 
@@ -231,17 +218,7 @@ class Download:
     async def _xz_tail(self, url: bytes, length: int) -> None:
         size: int | None = None
         try:
-            first, last = xzformat.tail_range(length)
-            for _ in range(2):  # the guess, then the index's exact size if it was larger
-                tail = await self._ctx.factory.read_range(url, first, last)
-                if tail is None:
-                    break
-                found = xzformat.raw_size_from_tail(tail, length)
-                if isinstance(found, xzformat.NeedMore):
-                    first = found.start
-                    continue
-                size = found if isinstance(found, int) else None
-                break
+            size = await xz_size_from_tail(self._ctx.factory, url, length)
         except Exception as e:  # the size stays unknown until the end; the body decides
             self.log.info("no early size for {key}: {error}", key=str(self.key), error=str(e))
         self._apply(self.machine.size_declared(size))
@@ -251,19 +228,12 @@ class Download:
             self._ctx.metrics.upstream_bytes(len(data))
         head = self._zstd_head
         if head is not None and not self.machine.size_settled and generation == self.machine.generation:
-            if self.machine.received == 0 and head:
-                head.clear()  # a new attempt from byte 0
-            head += data[: 4096 - len(head)]
-            try:
-                found = zstdformat.frame_content_size(bytes(head))
-            except zstdformat.ZstdFormatError:
-                found = None  # the decoder will say what is wrong
-            if isinstance(found, zstdformat.NeedMore) and len(head) >= 4096:
-                found = None  # skippable frames this long: not worth waiting for
-            if not isinstance(found, zstdformat.NeedMore):
-                self._zstd_head = None
+            if self.machine.received == 0:
+                head.restart()
+            decided, size = head.feed(data)
+            if decided:
                 self._apply(self.machine.body(generation, data))
-                self._apply(self.machine.size_declared(found))
+                self._apply(self.machine.size_declared(size))
                 return
         self._apply(self.machine.body(generation, data))
 
@@ -406,7 +376,7 @@ class Download:
         return deferToThreadPool(self._ctx.reactor, self._ctx.pool, f, *args)
 
     def _write_failed(self, failure: Failure) -> None:
-        error = writer_error(failure)
+        error = writer_error(cast(BaseException, failure.value))
         if isinstance(error, InternalError):
             self.log.failure("writing {key} failed", failure, key=str(self.key))
         elif isinstance(error, StorageError):

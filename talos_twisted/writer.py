@@ -11,7 +11,8 @@ import hashlib
 import os
 from typing import Callable
 
-from talos_twisted.decompress import Decoder
+from talos_twisted.decompress import Decoder, DecompressError
+from talos_twisted.errors import InternalError, StorageError, TalosError, UpstreamCorrupt
 
 BLOCK = 64 * 1024
 _ZEROS = bytes(BLOCK)
@@ -121,3 +122,17 @@ class ImageWriter:
         if self._extent < self.size:
             os.ftruncate(self._fd, self.size)
             self._extent = self.size
+
+
+def writer_error(e: BaseException) -> TalosError:
+    """What a failure of the writer thread means to clients."""
+    if isinstance(e, DecompressError):
+        return UpstreamCorrupt(f"the image from the image factory is corrupt: {e}")
+    if isinstance(e, ImageChanged):
+        return UpstreamCorrupt(
+            f"the image factory sent a different image when the download was resumed: {e}"
+        )
+    if isinstance(e, OSError):
+        err = e
+        return StorageError(f"cannot write to the cache: {err.strerror or err}")
+    return InternalError("internal error while writing the image")

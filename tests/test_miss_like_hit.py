@@ -14,7 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.utils import getProcessOutputAndValue
 
-import talos_twisted.download as download_module
+from talos_twisted import zstdformat
 from talos_twisted.schematic import Schematic
 
 from .conftest import MiB
@@ -122,8 +122,8 @@ async def test_a_waiting_ranged_client_does_not_slow_the_download_or_others(stac
 async def test_a_lying_content_size_fails_cleanly_and_the_next_download_does_not_trust_it(
     stack, monkeypatch, download_failures
 ):
-    real = download_module.zstdformat.frame_content_size
-    monkeypatch.setattr(download_module.zstdformat, "frame_content_size", lambda head: 12 * MiB)
+    real = zstdformat.frame_content_size
+    monkeypatch.setattr(zstdformat, "frame_content_size", lambda head: 12 * MiB)
     client = await open_raw(stack.url, PATH)
     await client.closed
     # it answered with the lie's length, then the body contradicted it: aborted, short
@@ -135,7 +135,7 @@ async def test_a_lying_content_size_fails_cleanly_and_the_next_download_does_not
         "the image factory declared a raw size of 12582912 bytes, but the image holds 8388608 bytes"
     ]
     assert not list((stack.tmp_path / "cache" / "images").rglob("*.raw"))
-    monkeypatch.setattr(download_module.zstdformat, "frame_content_size", real)
+    monkeypatch.setattr(zstdformat, "frame_content_size", real)
     status, headers, body = await exchange(stack.url, PATH)
     assert status == 200 and body == stack.expected(EMPTY_ID) and "content-length" not in headers
 
