@@ -27,6 +27,11 @@ class ImageResolver:
         # a hit then does no version parsing, catalog lookup or schematic rendering
         self._memo: dict[ImageRequest, tuple[ResolvedImage, tuple[str, ...]]] = {}
 
+    def set_default_extensions(self, names: tuple[str, ...]) -> None:
+        """A reloaded configuration's default_extensions: every remembered resolution is stale."""
+        self._defaults = names
+        self._memo.clear()
+
     async def resolve(self, req: ImageRequest) -> ResolvedImage:
         if self._clock is None:
             return await self._resolve(req)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import fields, replace
 from typing import Any
 
 import twisted
@@ -61,6 +62,7 @@ class Options(usage.Options):
             "base_url": self["base-url"],
             "max_cache_size": self["max-cache-size"],
         }
+        self.overrides = overrides  # kept: a SIGHUP reloads with the same command line
         try:
             self.config = load_config(self["config"], os.environ, overrides)
         except ConfigError as e:
@@ -207,14 +209,67 @@ def build(config: Config, reactor: Any, http: Any = None) -> tuple[service.Multi
     app = TalosImages(
         talos, factory=factory, cache=cache, downloads=downloads, clock=reactor, scrub=scrub, metrics=metrics
     )
-    if talos.prefetch and talos.enabled:
-        # after the cache's recovery and the downloads in start order, so before them at stop
+    if talos.enabled:
+        # after the cache's recovery and the downloads in start order, so before them at stop;
+        # there even with an empty list, so that a reload can fill it
         prefetcher = Prefetcher(
             talos.prefetch, resolver=app.resolver, downloads=downloads, cache=cache, clock=reactor,
             platforms=talos.platforms,
         )
-        PrefetchService(prefetcher, PrefetchService.interval_for(talos.metadata_ttl), reactor).setServiceParent(top)
+        app.prefetch = PrefetchService(prefetcher, PrefetchService.interval_for(talos.metadata_ttl), reactor)
+        app.prefetch.setServiceParent(top)
     return top, app
+
+
+# what a reload applies; the others need a restart (logged as such)
+RELOADABLE = frozenset({
+    "prefetch", "profiles", "default_extensions", "enabled", "platforms", "first_byte_timeout", "checksum_wait",
+    "client_stall_timeout", "max_ranges", "progress_interval",
+})
+
+
+class ReloadService(service.Service):
+    """SIGHUP: read the configuration again, apply what can change safely, log what changed."""
+
+    log = Logger()
+
+    def __init__(self, app: TalosImages, path: str | None, overrides: dict[str, Any], reactor: Any):
+        self.app = app
+        self.path = path
+        self.overrides = overrides
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        import signal
+
+        def handler(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self.reload)
+
+        self.reactor.callWhenRunning(signal.signal, signal.SIGHUP, handler)
+
+    def reload(self) -> None:
+        try:
+            new = load_config(self.path, os.environ, self.overrides).talos
+        except ConfigError as e:
+            self.log.error("reload refused, the configuration in use stays: {error}", error=str(e))
+            return
+        old = self.app.config
+        changed = [f.name for f in fields(old) if getattr(old, f.name) != getattr(new, f.name)]
+        applied = [k for k in changed if k in RELOADABLE]
+        later = [k for k in changed if k not in RELOADABLE]
+        kept = {k: getattr(old, k) for k in later}
+        self.app.config = replace(new, **kept)  # what needs a restart keeps its running value
+        self.app.resolver.set_default_extensions(self.app.config.default_extensions)
+        prefetch = getattr(self.app, "prefetch", None)
+        if prefetch is not None and "prefetch" in applied:
+            prefetch.prefetcher.items = self.app.config.prefetch
+            prefetch.run_now()
+        self.log.info(
+            "configuration reloaded: {applied} applied; {later} need a restart",
+            applied=", ".join(applied) or "nothing", later=", ".join(later) or "nothing",
+            changed=changed,
+        )
 
 
 def server_limits(talos: Any) -> ServerLimits:
@@ -297,6 +352,7 @@ def makeService(options: Options) -> service.MultiService:
     except (ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"talos-images: listen: {config.listen!r} is not a usable endpoint ({e})") from None
     top, app = build(config, reactor)
+    ReloadService(app, options["config"], options.overrides, reactor).setServiceParent(top)
     site = make_site(app.resource(), server_limits(config.talos), reactor, metrics=app.metrics)
     listener = Listener(endpoint, site, config.listen)
     listener.listen_now()

@@ -73,6 +73,7 @@ class TalosImages:
         self.downloads = downloads
         self.clock = clock
         self.scrub = scrub
+        self.prefetch: Any = None  # the PrefetchService, when there is one (reloads)
         self.metrics = metrics or Metrics(cache_bytes=lambda: cache.total_usage, cache_entries=lambda: len(cache.entries()))
 
     def resource(self) -> IResource:
