@@ -144,6 +144,7 @@ class FactoryClient:
         self.last_success: float | None = None  # when a factory call last worked (readiness)
         self.last_error: str | None = None
         self._last_probe = float("-inf")
+        self.probe: Deferred[None] | None = None  # the last readiness probe (it never fails)
         self.base_url = base_url.rstrip("/")
         self.host = urlsplit(self.base_url).netloc  # named in every error about the factory
         self._clock = clock
@@ -288,7 +289,7 @@ class FactoryClient:
                 except Exception:
                     pass  # last_error says why
 
-            Deferred.fromCoroutine(probe())
+            self.probe = Deferred.fromCoroutine(probe())
         return False
 
     def health(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReac
 from twisted.logger import Logger, LogLevel
 
 from talos_twisted.cache import CacheEntry, CacheStore
+from talos_twisted.observe import OneShot
 from talos_twisted.request import ImageKey
 
 DEFAULT_RATE = 50_000_000  # bytes/s
@@ -149,6 +150,7 @@ class ScrubService(service.Service):
         self.scrubbed_bytes = 0
         self.scrub_mismatches = 0
         self.scrub_passes = 0
+        self.passed: OneShot[int] = OneShot()  # fires at the end of the pass under way
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -174,6 +176,8 @@ class ScrubService(service.Service):
                 if entry is None:
                     if done:
                         self.scrub_passes += 1
+                        passed, self.passed = self.passed, OneShot()
+                        passed.fire(self.scrub_passes)
                         took = self._clock.seconds() - began
                         # a small cache is passed over many times a minute: no info line for each
                         self.log.emit(LogLevel.info if took >= 60 else LogLevel.debug,

@@ -12,16 +12,15 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.task import Clock
 
 from talos_twisted.httpserver import ServerLimits, make_site
 from talos_twisted.schematic import Schematic
 
 from .conftest import MiB
-from .rawhttp import RawClient, dechunk, parse_head
-from .test_httpserver import answer, closed, until
+from .rawhttp import dechunk, parse_head
+from .siteserver import SiteUnderTest, closed, until
+from .test_httpserver import answer
 
 EVIL = "evil.example"
 IMAGE = "/images/talos/v1.11.2/amd64/openstack.raw"
@@ -165,24 +164,15 @@ def cases() -> list[Case]:
 CASES = cases()
 
 
-class HostileServer:
+class HostileServer(SiteUnderTest):
     def __init__(self, stack):
+        super().__init__()
         self.stack = stack
         self.clock = Clock()
         self.site = make_site(stack.app.resource(), ServerLimits(), self.clock)
-        self.port = None
-        self.clients = []
 
     async def start(self):
-        self.port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.site)
-        return self
-
-    async def connect(self, data, source="127.0.0.1"):
-        client = RawClient(data)
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port, bindAddress=(source, 0))
-        await connectProtocol(endpoint, client)
-        self.clients.append(client)
-        return client
+        return await self.listen()
 
     async def exchange(self, data, timeout=False):
         client = await self.connect(data)
@@ -192,14 +182,6 @@ class HostileServer:
         await closed(client, 30)
         return client
 
-    async def stop(self):
-        for c in self.clients:
-            if c.transport is not None and not c.closed.called:
-                c.transport.abortConnection()
-        for ch in list(self.site.channels):
-            ch.transport.abortConnection()
-        await until(lambda: not self.site.channels and self.site.connections.refusing == 0, what="cleanup")
-        await self.port.stopListening()
 
 
 @pytest.fixture

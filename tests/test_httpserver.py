@@ -11,8 +11,8 @@ import tempfile
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol, serverFromString
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -22,22 +22,10 @@ from talos_twisted.schematic import Schematic
 
 from .conftest import MiB
 from .rawhttp import RawClient, dechunk, parse_head
+from .siteserver import SiteUnderTest, closed, until
 
 HEAD_OK = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 CLOSE = b"Host: 127.0.0.1\r\nConnection: close\r\n"
-
-
-async def until(condition, timeout=10.0, what="the condition"):
-    """Wait for `condition()` to hold, polling the reactor; fail after `timeout` seconds."""
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await deferLater(reactor, 0.005, lambda: None)
-
-
-async def closed(client, timeout=10.0):
-    await until(lambda: client.closed.called, timeout, "the connection to close")
 
 
 def answer(client):
@@ -87,30 +75,15 @@ class Echo(Resource):
         return b"got %d in %s" % (len(body), type(request.content).__name__.encode())
 
 
-class Server:
+class Server(SiteUnderTest):
     def __init__(self):
+        super().__init__()
         self.clock = Clock()
         self.resource = Echo()
-        self.clients = []
-        self.port = None
-        self.site = None
 
     async def start(self, **limits):
         self.site = make_site(self.resource, ServerLimits(**limits), self.clock)
-        self.port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.site)
-        return self
-
-    async def connect(self, data=b"", source="127.0.0.1"):
-        client = RawClient(data)
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port, bindAddress=(source, 0))
-        await connectProtocol(endpoint, client)
-        self.clients.append(client)
-        return client
-
-    async def exchange(self, data, source="127.0.0.1"):
-        client = await self.connect(data, source)
-        await closed(client)
-        return client
+        return await self.listen()
 
     def received(self):
         return sum(c.received for c in self.site.channels)
@@ -121,14 +94,6 @@ class Server:
         [channel] = self.site.channels
         return not channel.closing and not channel.transport.disconnecting
 
-    async def stop(self):
-        for c in self.clients:
-            if c.transport is not None and not c.closed.called:
-                c.transport.abortConnection()
-        for ch in list(self.site.channels):
-            ch.transport.abortConnection()
-        await until(lambda: not self.site.channels and self.site.connections.refusing == 0, what="server cleanup")
-        await self.port.stopListening()
 
 
 @pytest_twisted.async_yield_fixture

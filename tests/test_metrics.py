@@ -10,8 +10,6 @@ from types import SimpleNamespace
 import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -21,8 +19,9 @@ from talos_twisted.httpserver import ServerLimits, make_site
 from talos_twisted.metrics import Metrics, error_kind, route_name
 from talos_twisted.transfer import SizeMismatch
 
-from .rawhttp import RawClient, request_bytes
-from .test_httpserver import answer, closed, until
+from .rawhttp import request_bytes
+from .siteserver import SiteUnderTest, closed, until
+from .test_httpserver import answer
 
 IMAGE = "/images/talos/v1.11.2/amd64/openstack.raw"
 SCHEMATIC = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"
@@ -76,42 +75,22 @@ class Images(Resource):
         return b""
 
 
-class Served:
+class Served(SiteUnderTest):
     """`make_site(Images(), ..., metrics=...)` listening on 127.0.0.1, a Clock for its timers."""
 
     def __init__(self, metrics=None, **limits):
+        super().__init__()
         self.clock = Clock()
         self.resource = Images()
         self.metrics = metrics
         self.site = make_site(self.resource, ServerLimits(**limits), self.clock, metrics=metrics)
-        self.port = None
-        self.clients = []
 
     async def start(self):
-        self.port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.site)
-        return self
-
-    async def connect(self, data, source="127.0.0.1"):
-        client = RawClient(data)
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port, bindAddress=(source, 0))
-        await connectProtocol(endpoint, client)
-        self.clients.append(client)
-        return client
-
-    async def exchange(self, data, source="127.0.0.1"):
-        client = await self.connect(data, source)
-        await closed(client)
-        return client
+        return await self.listen()
 
     async def get(self, path, method="GET", headers=None):
         return await self.exchange(request_bytes(method, path, headers))
 
-    async def stop(self):
-        for c in self.clients:
-            if c.transport is not None and not c.closed.called:
-                c.transport.abortConnection()
-        await until(lambda: not self.site.channels and self.site.connections.refusing == 0, what="server cleanup")
-        await self.port.stopListening()
 
 
 @pytest_twisted.async_yield_fixture

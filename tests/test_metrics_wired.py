@@ -4,13 +4,10 @@ import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 
-from talos_twisted.schematic import Schematic
-
 from .conftest import MiB
 from .rawhttp import exchange
 
 PATH = "/images/talos/v1.11.2/amd64/openstack.raw"
-
 
 async def samples(stack):
     status, _, body = await exchange(stack.url, "/metrics")
@@ -21,10 +18,8 @@ async def samples(stack):
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
 
-
 def total(found, name, **labels):
     return sum(v for (n, ls), v in found.items() if n == name and all(dict(ls).get(k) == w for k, w in labels.items()))
-
 
 @pytest.mark.stack(image_size=4 * MiB)
 @pytest_twisted.ensureDeferred

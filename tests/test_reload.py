@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred
 
 from talos_twisted.testing.fakefactory import FakeFactory
 
@@ -19,25 +19,35 @@ TWISTD = Path(sys.executable).parent / "twistd"
 
 
 class Daemon(ProcessProtocol):
+    """twistd as a child: its output, Deferreds for lines to come, and its end."""
+
     def __init__(self):
         self.out = bytearray()
-        self.ended = None
+        self.ended: Deferred = Deferred()
+        self._waiting: list[tuple[bytes, Deferred]] = []
+
+    def seen(self, text: bytes) -> Deferred:
+        """Fires once `text` has appeared in the output (at once if it has)."""
+        d = Deferred()
+        self._waiting.append((text, d))
+        self._check()
+        return d
+
+    def _check(self):
+        for text, d in list(self._waiting):
+            if text in self.out:
+                self._waiting.remove((text, d))
+                d.callback(None)
 
     def outReceived(self, data):
         self.out += data
+        self._check()
 
     errReceived = outReceived
 
     def processEnded(self, reason):
-        self.ended = reason
-
-
-async def until(condition, what, seconds=60.0):
-    for _ in range(int(seconds / 0.05)):
-        if condition():
-            return
-        await deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError(f"timed out waiting for {what}")
+        self.reason = reason  # signalled: a ProcessTerminated, not an error of the test
+        self.ended.callback(None)
 
 
 @pytest_twisted.ensureDeferred
@@ -54,22 +64,23 @@ async def test_sighup_applies_a_changed_prefetch_list_and_sigterm_leaves_no_temp
     proc = reactor.spawnProcess(daemon, str(TWISTD), [str(TWISTD), "--nodaemon", "--pidfile=", "talos-images",
                                                       "--config", str(config)], env=env, path=str(tmp_path))
     try:
-        await until(lambda: b"listening on" in daemon.out, "the start-up line")
+        await daemon.seen(b"listening on")  # each wait is bounded by the test's timeout
         assert fake.counts["image_get"] == 0
         config.write_text(config.read_text().replace("  prefetch: []\n",
                           "  prefetch:\n    - {version: v1.11.2, arch: amd64, platform: openstack}\n"))
         fake.rate_limit = 64 * 1024  # the prefetch download is still running at SIGTERM
         proc.signalProcess("HUP")
-        await until(lambda: fake.counts["image_get"] == 1, "the prefetch started by the reload")
-        assert b"configuration reloaded: prefetch applied" in daemon.out
-        await until(lambda: list(cache.rglob("*.tmp-*")), "the download's temporary file")
+        await daemon.seen(b"configuration reloaded: prefetch applied")
+        # logged once its temporary file exists and the factory has answered
+        await daemon.seen(b"downloading v1.11.2/amd64/")
+        assert fake.counts["image_get"] == 1 and list(cache.rglob("*.tmp-*"))
         proc.signalProcess("TERM")
-        await until(lambda: daemon.ended is not None, "the daemon to stop")
+        await daemon.ended
         assert not list(cache.rglob("*.tmp-*")), "a temporary file outlived the daemon"
         assert b"Traceback" not in daemon.out, daemon.out.decode(errors="replace")[-2000:]
     finally:
-        if daemon.ended is None:
+        if not daemon.ended.called:
             proc.signalProcess("KILL")
-            await until(lambda: daemon.ended is not None, "the daemon to be killed")
+            await daemon.ended
         fake.abort_all()
         await port.stopListening()
