@@ -26,9 +26,6 @@ from talos_twisted.request import ImageKey, ResolvedImage
 from talos_twisted.stream import SourceState
 from talos_twisted.transfer import State
 
-RETRY_AFTER = 30
-
-
 class Need(Enum):
     NOTHING = "nothing"  # start the download, wait for nothing
     SIZE = "size"  # HEAD: the raw size, when the upstream declares it early
@@ -200,17 +197,15 @@ def raise_waiting(download: Download, need: Need, timeout: float | None, ahead: 
     waited = f"{timeout or 0:g}s"
     if download.state == State.QUEUED:
         raise Unavailable(
-            f"waiting for a download slot: {ahead} ahead (max_downloads); the download will start, retry later",
-            retry_after=RETRY_AFTER,
+            f"waiting for a download slot: {ahead} ahead (max_downloads); the download will start, retry later"
         )
     if need is Need.COMPLETE:
         raise Unavailable(
-            f"the image is still being downloaded (not complete after {waited}); retry later", retry_after=RETRY_AFTER
+            f"the image is still being downloaded (not complete after {waited}); retry later"
         )
     if download.available == 0:
         raise Unavailable(
-            f"the image factory is still building this image (no data after {waited}); the download goes on, retry later",
-            retry_after=RETRY_AFTER,
+            f"the image factory is still building this image (no data after {waited}); the download goes on, retry later"
         )
 
 

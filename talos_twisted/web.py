@@ -7,7 +7,6 @@ error is a `TalosError`, rendered in one place (`render_error`).
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from typing import Any
 
