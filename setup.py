@@ -30,6 +30,20 @@ setup(
             "types-PyYAML",
             "hypothesis>=6",
             "selenium>=4.20",
+            # tests/test_openapi.py: the document is valid OpenAPI, and schemathesis holds the daemon
+            # to it; pinned, a new release brings new checks
+            "schemathesis==4.32.5",
+            "openapi-spec-validator==0.9.0",
+            # tests/test_redbot.py: REDbot, the HTTP linter; pinned, a new release brings new checks
+            "redbot==2.7.1",
+            # tests/test_tracing.py: the spans, with the SDK's in-memory exporter
+            "opentelemetry-api>=1.27,<2",
+            "opentelemetry-sdk>=1.27,<2",
+        ],
+        # tracing (talos_twisted/tracing.py): a no-op without it
+        "otel": [
+            "opentelemetry-api>=1.27,<2",
+            "opentelemetry-sdk>=1.27,<2",
         ],
     },
     entry_points={"console_scripts": ["talos-images-cache = talos_twisted.cachetool:main"]},

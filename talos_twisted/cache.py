@@ -1,76 +1,41 @@
 """The on-disk image store: layout, sidecars, atomic commit, LRU eviction, space, recovery.
 
 Layout: ``{root}/images/{version}/{arch}/{schematic}/{platform}.raw`` with a JSON sidecar
-``{platform}.raw.json``; an image is written as ``{platform}.raw.tmp-*`` and renamed into
+``{platform}.raw.json`` (a mirrored factory asset, kept byte-exact, is named as upstream:
+``kernel-amd64``, ``metal-amd64.raw.zst``); an image is written as ``{platform}.raw.tmp-*`` and renamed into
 place once complete and verified. Every path below the root goes through `cachefs` (no
 symlink followed, modes set whatever the umask). Reactor thread only (the writer thread has
 fsynced the data before commit).
 
-Recovery is unambiguous because a ``.raw.json`` only ever describes the ``.raw`` renamed into
-place just before it: commit (1) removes the sidecar of an entry it replaces, (2) writes and
-fsyncs the new sidecar under a temporary name, (3) renames the image, (4) the sidecar, with
-the directory fsynced after each step. Interrupted anywhere, a directory holds a whole entry,
-or an image without a sidecar and temporary files, which recovery removes.
+The entry and its sidecar are `cache_entry`'s; the commit steps that keep recovery
+unambiguous, and recovery itself, are described in `cache_recovery`.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
-import stat
 import time
-from collections import Counter
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Callable, ContextManager
 
 from twisted.logger import Logger
 
 from talos_twisted import cachefs as fs
+# CacheEntry and SIDECAR are cache_entry's, also imported from here by download.py,
+# downloads.py and mirror.py
+from talos_twisted.cache_entry import SIDECAR, CacheEntry, disk_usage, same_file, sidecar_doc
+from talos_twisted.cache_recovery import recover_entries
 from talos_twisted.cachefs import TEMP_MARK, CacheRootError, UnsafePath
 from talos_twisted.request import ImageKey
 
 __all__ = ["CacheEntry", "CacheRootError", "CacheStore", "UnsafePath", "TEMP_MARK", "SIDECAR"]
 
-SIDECAR = ".json"
 # last access and last verification are persisted into the sidecar when the stored value is
 # older than this: LRU and scrub order survive a restart without a sidecar write per hit
 ACCESS_PERSIST_INTERVAL = 60.0
-
-
-@dataclass(frozen=True)
-class CacheEntry:
-    key: ImageKey
-    path: str
-    size: int  # bytes served
-    disk_usage: int  # bytes allocated (the file is sparse)
-    sha256: str
-    created: float
-    last_access: float
-    info: dict[str, Any] = field(default_factory=dict)
-    verified: float = 0.0  # when the file last matched sha256 (written, or scrubbed)
-    file_id: tuple[int, int] | None = field(default=None, compare=False)  # (st_dev, st_ino)
-
-    @property
-    def etag(self) -> str:
-        return f'"sha256-{self.sha256}"'
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            **{f: getattr(self.key, f) for f in ("version", "arch", "schematic", "platform")},
-            **{f: getattr(self, f) for f in ("size", "disk_usage", "sha256", "created", "last_access")},
-            **{k: v for k, v in self.info.items() if k in ("extensions", "overlay")},
-        }
-
-
-def _disk_usage(st: os.stat_result) -> int:
-    return st.st_blocks * 512
-
-
-def _is_sha256(value: object) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 class CacheStore:
@@ -109,25 +74,18 @@ class CacheStore:
             raise UnsafePath(errno.EINVAL, "not a temporary file of the cache", path)
         for part in rel:
             fs.check_name(part)
-        where = ImageKey(rel[0], rel[1], rel[2], rel[3].split(".", 1)[0])
-        if key is not None and (where != key or not rel[3].startswith(f"{key.platform}.raw{TEMP_MARK}")):
+        if key is None:  # only its directory matters then
+            return ImageKey(rel[0], rel[1], rel[2], rel[3].split(".", 1)[0]), rel[3]
+        if (key.version, key.arch, key.schematic) != tuple(rel[:3]) or not rel[3].startswith(key.filename + TEMP_MARK):
             raise UnsafePath(errno.EINVAL, f"not a temporary file of {key}", path)
-        return where, rel[3]
+        return key, rel[3]
 
     def _lstat(self, entry: CacheEntry) -> os.stat_result | None:
         try:
             with self._dir(entry.key) as dfd:
-                return os.stat(f"{entry.key.platform}.raw", dir_fd=dfd, follow_symlinks=False)
+                return os.stat(entry.key.filename, dir_fd=dfd, follow_symlinks=False)
         except OSError:
             return None
-
-    @staticmethod
-    def _same_file(entry: CacheEntry, st: os.stat_result | None) -> bool:
-        # nlink 1: a hard link planted to a file elsewhere is no image of ours either
-        return (
-            st is not None and stat.S_ISREG(st.st_mode) and st.st_size == entry.size and st.st_nlink == 1
-            and (entry.file_id is None or entry.file_id == (st.st_dev, st.st_ino))
-        )
 
     # --- lookup --------------------------------------------------------------------
 
@@ -136,7 +94,14 @@ class CacheStore:
         entry = self._index.get(key)
         if entry is None:
             return None
-        if not self._same_file(entry, self._lstat(entry)):
+        # a plain lstat of the path is enough here (no checked walk): through a planted
+        # directory symlink it finds another inode, which `same_file` refuses; the file is
+        # read only through `open_entry`'s checked walk (a hit's cost: issue 12, B6)
+        try:
+            st: os.stat_result | None = os.lstat(entry.path)
+        except OSError:
+            st = None
+        if not same_file(entry, st):
             self.log.warn("cache entry {key} vanished or changed on disk: dropped", key=str(key), path=entry.path)
             self.remove(key)
             return None
@@ -156,8 +121,8 @@ class CacheStore:
         OSError, and an entry whose file was replaced is dropped (the next request downloads it)."""
         try:
             with self._dir(entry.key) as dfd:
-                fd, st = fs.open_regular(dfd, f"{entry.key.platform}.raw")
-            if not self._same_file(entry, st):
+                fd, st = fs.open_regular(dfd, entry.key.filename)
+            if not same_file(entry, st):
                 os.close(fd)
                 raise UnsafePath(errno.ESTALE, "the cached file changed on disk", entry.path)
         except OSError as e:
@@ -172,7 +137,7 @@ class CacheStore:
         now = self._index.get(entry.key)
         if now is None or (now.sha256, now.created, now.file_id) != (entry.sha256, entry.created, entry.file_id):
             return False
-        return not check_disk or self._same_file(entry, self._lstat(entry))
+        return not check_disk or same_file(entry, self._lstat(entry))
 
     def mark_verified(self, entry: CacheEntry) -> None:
         """The scrub found `entry`'s file matching its sha256 now."""
@@ -222,7 +187,7 @@ class CacheStore:
 
         The caller owns the fd; the path goes to `commit` or `discard`."""
         with self._dir(key, create=True) as dfd:
-            name = fs.temp_name(f"{key.platform}.raw")
+            name = fs.temp_name(key.filename)
             fd = fs.create_file(dfd, name, os.O_RDWR)
         path = os.path.join(os.path.dirname(self.path_for(key)), name)
         self._temps.track(path, key, fd)
@@ -245,7 +210,7 @@ class CacheStore:
             self.log.warn("could not remove {path}: {error}", path=temp, error=str(e))
 
     def commit(self, key: ImageKey, temp: str, size: int, sha256: str, info: dict[str, Any]) -> CacheEntry | None:
-        """Move a complete, verified, fsynced temp file into place (see the module docstring).
+        """Move a complete, verified, fsynced temp file into place (the steps: `cache_recovery`).
 
         Returns None (and removes the file) when the image is larger than the whole cache:
         it is streamed to its clients (who hold it open) but not kept. On OSError nothing of
@@ -257,7 +222,7 @@ class CacheStore:
             try:
                 fd, st = fs.open_regular(dfd, tname)
                 try:
-                    usage = _disk_usage(st)
+                    usage = disk_usage(st)
                     if st.st_size != size:
                         raise OSError(f"temporary file of {key} has {st.st_size} bytes, expected {size}")
                     now = self._now()
@@ -284,13 +249,13 @@ class CacheStore:
         return entry
 
     def _commit_steps(self, dfd: int, entry: CacheEntry, tname: str) -> None:
-        name = f"{entry.key.platform}.raw"
+        name = entry.key.filename
         side = name + SIDECAR
         side_tmp = ""
         try:
             if fs.unlink(dfd, side):  # (1) the entry being replaced is no longer whole
                 os.fsync(dfd)
-            side_tmp = fs.write_temp(dfd, side, self._sidecar_doc(entry))  # (2)
+            side_tmp = fs.write_temp(dfd, side, sidecar_doc(entry))  # (2)
             fs.replace(dfd, tname, name)  # (3)
             os.fsync(dfd)
             fs.replace(dfd, side_tmp, side)  # (4)
@@ -307,15 +272,9 @@ class CacheStore:
                                   name=leftover, key=str(entry.key), error=str(e))
             raise
 
-    @staticmethod
-    def _sidecar_doc(entry: CacheEntry) -> bytes:
-        doc = entry.describe()
-        key = {f: doc.pop(f) for f in ("version", "arch", "schematic", "platform")}
-        return json.dumps({**doc, "key": key, "verified": entry.verified, "info": entry.info}).encode("utf-8")
-
     def _write_sidecar(self, entry: CacheEntry) -> None:
         with self._dir(entry.key) as dfd:
-            fs.write_atomic(dfd, f"{entry.key.platform}.raw{SIDECAR}", self._sidecar_doc(entry))
+            fs.write_atomic(dfd, entry.key.filename + SIDECAR, sidecar_doc(entry))
 
     # --- space: reservations, eviction ---------------------------------------------
 
@@ -361,8 +320,8 @@ class CacheStore:
         try:
             with self._dir(key) as dfd:
                 # the sidecar first: a crash in between leaves an image without one, which recovery removes
-                fs.unlink(dfd, f"{key.platform}.raw{SIDECAR}")
-                fs.unlink(dfd, f"{key.platform}.raw")
+                fs.unlink(dfd, key.filename + SIDECAR)
+                fs.unlink(dfd, key.filename)
         except OSError as e:
             self.log.warn("could not remove {path}: {error}", path=entry.path, error=str(e))
 
@@ -388,57 +347,12 @@ class CacheStore:
         """Remove leftovers (temps, orphans, symlinks, strays) and rebuild the index from the sidecars."""
         self._index.clear()
         self._stored.clear()
-        tally: Counter[str] = Counter(removed=0, symlinks=0)
-        for dfd, parts, files in fs.sweep_images(self.root, self.images, self._temps, tally):
-            self._recover_leaf(dfd, parts, set(files), tally)
+        found, tally = recover_entries(self.root, self.images, self._temps, self.log)
+        for entry in found:
+            self._index[entry.key] = entry
+            self._stored[entry.key] = (entry.last_access, entry.verified)
         self.log.info(
             "cache at {root}: {count} images, {usage} bytes on disk, {removed} leftovers removed ({symlinks} symlinks)",
             root=self.root, count=len(self._index), usage=self.total_usage, **tally,
         )
         self.evict()
-
-    def _recover_leaf(self, dfd: int, parts: tuple[str, ...], files: set[str], tally: Counter[str]) -> None:
-        for name in sorted(files):
-            path = os.path.join(self.images, *parts, name)
-            if name.endswith(".raw"):
-                entry = self._load(dfd, name, path)
-                if entry is not None:
-                    self._index[entry.key] = entry
-                    self._stored[entry.key] = (entry.last_access, entry.verified)
-                    continue
-                self.log.warn("discarding cache file without a valid sidecar: {path}", path=path)
-                doomed = [name, name + SIDECAR]
-            elif name.endswith(".raw" + SIDECAR) and name[: -len(SIDECAR)] in files:
-                continue  # judged with its image
-            else:
-                if not name.endswith(".raw" + SIDECAR):
-                    self.log.warn("removing unexpected file {path} from the cache", path=path)
-                doomed = [name]
-            tally["removed"] += 1
-            for victim in doomed:
-                try:
-                    fs.unlink(dfd, victim)
-                except OSError as e:
-                    self.log.warn("could not remove {path}: {error}", path=path, error=str(e))
-
-    def _load(self, dfd: int, name: str, path: str) -> CacheEntry | None:
-        try:
-            doc = fs.read_json(dfd, name + SIDECAR)
-            key = ImageKey(**{k: str(v) for k, v in doc["key"].items()})
-            fd, st = fs.open_regular(dfd, name)
-            try:
-                fs.tighten(fd, st, fs.FILE_MODE)
-            finally:
-                os.close(fd)
-            # the sidecar must name the place it is found in: a copied or forged one does not
-            if self.path_for(key) != path or st.st_size != doc["size"] or not _is_sha256(doc["sha256"]):
-                return None
-            created = float(doc["created"])
-            entry = CacheEntry(
-                key, path, int(doc["size"]), _disk_usage(st), doc["sha256"], created,
-                float(doc.get("last_access", created)), dict(doc.get("info") or {}),
-                float(doc.get("verified", created)), (st.st_dev, st.st_ino),
-            )
-            return entry if self._same_file(entry, st) else None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None

@@ -1,5 +1,9 @@
 """`talos-images-cache`: move cached images to an air-gapped site in one file.
 
+Images (``{platform}.raw``) and the factory assets the mirror keeps byte-exact (PXE kernel,
+initramfs and cmdline, compressed disk images, ISOs, …) alike; URL paths name them as the
+daemon serves them, ``/images/talos/…`` or the mirror's ``/image/{schematic}/{version}/{path}``.
+
     talos-images-cache export (--cache-dir DIR | --config FILE) --out FILE [--compress zstd] [URL-PATH ...]
     talos-images-cache import (--cache-dir DIR | --config FILE) [--replace] FILE
 
@@ -9,7 +13,8 @@ complete. Import stages every image as a cache temporary file, verified against 
 and commits them (`CacheStore.commit`: atomic per entry) only once the whole archive has been
 read and found well-formed; a malformed archive imports nothing. Metadata is merged by union
 (see `merge_metadata`). Exit status: 0 ok, 1 some image failed verification, 2 any other error
-(one line on stderr, no traceback). The format: `talos_twisted.cachetool_archive`.
+(one line on stderr, no traceback). The format: `talos_twisted.cachetool_archive`; which entries
+URL paths name: `talos_twisted.cachetool_select`.
 """
 
 from __future__ import annotations
@@ -22,30 +27,25 @@ import tempfile
 import time
 from contextlib import ExitStack
 from typing import IO, Any, BinaryIO, Iterator, NoReturn, Sequence
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import zstandard
 
 from talos_twisted import cachefs as fs
 from talos_twisted._version import __version__
-from talos_twisted.cache import SIDECAR, CacheRootError, CacheStore
+from talos_twisted.cache import CacheRootError, CacheStore
+from talos_twisted.cache_entry import SIDECAR
 from talos_twisted.cachetool_archive import (
-    CHUNK, MANIFEST, ArchiveError, Item, add_bytes, add_image, check_key, check_member, clean_info, is_sha256,
-    manifest_doc, merge_metadata, read_manifest, reading, writing,
+    CHUNK, MANIFEST, SCHEMATIC_PREFIX, ArchiveError, Item, add_bytes, add_image, check_key, check_member,
+    clean_info, is_sha256, manifest_doc, merge_metadata, read_manifest, reading, schematic_text_ok, writing,
 )
+from talos_twisted.cachetool_select import UsageError, select
 from talos_twisted.config import ConfigError, load_config
 from talos_twisted.decompress import make_decoder
-from talos_twisted.errors import TalosError
 from talos_twisted.metastore import MetadataStore
-from talos_twisted.request import ImageKey, ImageRequest, parse_image_request
-from talos_twisted.versions import newest_stable, parse_version_list
+from talos_twisted.request import ImageKey
 from talos_twisted.writer import ImageWriter
 
 PROG = "talos-images-cache"
-
-
-class UsageError(Exception):
-    """An operator error (exit 2): one line."""
 
 
 class Verification(Exception):
@@ -121,10 +121,12 @@ def _load(dfd: int, parts: tuple[str, ...], name: str) -> Item | None:
 
 
 def cached_items(root: str) -> list[Item]:
+    """Every entry whose sidecar is whole and names its place: images and mirrored assets."""
     items = []
     for dfd, parts, files in _leaves(root):
-        for name in sorted(files):
-            if name.endswith(".raw") and fs.TEMP_MARK not in name:
+        names = set(files)
+        for name in sorted(names):
+            if not name.endswith(SIDECAR) and fs.TEMP_MARK not in name and name + SIDECAR in names:
                 item = _load(dfd, parts, name)
                 if item is not None:
                     items.append(item)
@@ -133,66 +135,8 @@ def cached_items(root: str) -> list[Item]:
 
 def _open_image(root: str, key: ImageKey) -> int:
     with fs.opened_dir(root, ["images", key.version, key.arch, key.schematic]) as dfd:
-        fd, _ = fs.open_regular(dfd, f"{key.platform}.raw")
+        fd, _ = fs.open_regular(dfd, key.filename)
     return fd
-
-
-# --- which entries a URL path names -------------------------------------------------------
-
-
-def parse_url(text: str) -> ImageRequest:
-    """An image URL path as the daemon serves it (a whole URL too); UsageError if it is none."""
-    parts = urlsplit(text)
-    segs = parts.path.split("/")
-    if len(segs) != 6 or segs[:3] != ["", "images", "talos"]:
-        raise UsageError(f"{text}: not an image URL path like /images/talos/v1.11.2/amd64/openstack.raw?extensions=…")
-    filename = unquote(segs[5])
-    query: dict[bytes | str, list[bytes | str]] = {k: list(v) for k, v in parse_qs(parts.query).items()}
-    try:
-        # any platform is accepted here: whether it is cached decides
-        return parse_image_request(unquote(segs[3]), unquote(segs[4]), filename, query, [filename.split(".", 1)[0]])
-    except TalosError as e:
-        raise UsageError(f"{text}: {e.message}") from None
-
-
-def _name_matches(asked: str, full: str) -> bool:
-    return asked == full or ("/" not in asked and full.rsplit("/", 1)[-1] == asked)
-
-
-def matches(item: Item, req: ImageRequest, version: str, defaults: Sequence[str]) -> bool:
-    """Whether `item` is the image `req` names: version, arch, platform, and the same
-    extensions (full names, or short ones matching the last path component) and overlay."""
-    k = item.key
-    if (k.version, k.arch, k.platform) != (version, req.arch, req.platform):
-        return False
-    asked, have = [*defaults, *req.extensions], item.info.get("extensions", [])
-    if not all(any(_name_matches(a, h) for h in have) for a in asked):
-        return False
-    if not all(any(_name_matches(a, h) for a in asked) for h in have):
-        return False
-    overlay = item.info.get("overlay")
-    if req.overlay is None or not overlay:
-        return req.overlay is None and not overlay
-    return bool(req.overlay.replace("-", "_") == overlay.replace("-", "_"))
-
-
-def select(items: list[Item], paths: Sequence[str], versions: Any, defaults: Sequence[str]) -> list[Item]:
-    if not paths:
-        return items
-    chosen: dict[ImageKey, Item] = {}
-    for path in paths:
-        req = parse_url(path)
-        version = req.version
-        if version == "latest":
-            newest = newest_stable(parse_version_list(versions if isinstance(versions, list) else []))
-            if newest is None:
-                raise UsageError(f"{path}: 'latest' cannot be resolved: the cache has no stored versions list")
-            version = str(newest)
-        found = [i for i in items if matches(i, req, version, defaults)]
-        if not found:
-            raise UsageError(f"{path}: no cached image matches ({version}, {req.arch}, {req.platform})")
-        chosen.update((i.key, i) for i in found)
-    return sorted(chosen.values(), key=lambda i: i.key.relpath)
 
 
 # --- export -----------------------------------------------------------------------------
@@ -214,9 +158,21 @@ def export(root: str, out: str, paths: Sequence[str], compress: bool, defaults: 
     metadata: dict[str, Any] = {"versions": versions}
     for v in sorted({i.key.version for i in items}):
         catalog = meta.load(f"catalog-{v}")
-        if not isinstance(catalog, dict):
+        if isinstance(catalog, dict):
+            metadata[f"catalog-{v}"] = catalog
+        elif any(i.key.version == v and not i.key.asset for i in items):
+            # (a mirrored asset is served by schematic ID: it needs no catalog)
             raise UsageError(f"the cache at {root} has no stored catalog of {v} (meta/catalog-{v}.json)")
-        metadata[f"catalog-{v}"] = catalog
+    # the mirror names assets by schematic ID: /pxe/… and /schematics/{id} need its text offline
+    # (only with assets: an export of images alone stays readable by older versions of this tool)
+    for sid in sorted({i.key.schematic for i in items if i.key.asset}):
+        name = SCHEMATIC_PREFIX + sid
+        texts = [meta.load(name), *(i.info.get("schematic") for i in items if i.key.schematic == sid)]
+        text = next((t for t in texts if schematic_text_ok(name, t)), None)
+        if text is None:
+            _say(f"{PROG}: warning: no text of schematic {sid} in the cache: /pxe/{sid}/… cannot answer offline", err=True)
+        else:
+            metadata[name] = text
     with ExitStack() as stack:
         if out == "-":
             sink, temp = sys.stdout.buffer, None
@@ -256,8 +212,8 @@ def _already(root: str, item: Item) -> str | None:
     k = item.key
     try:
         with fs.opened_dir(root, ["images", k.version, k.arch, k.schematic]) as dfd:
-            doc = fs.read_json(dfd, f"{k.platform}.raw{SIDECAR}")
-            fd, st = fs.open_regular(dfd, f"{k.platform}.raw")
+            doc = fs.read_json(dfd, k.filename + SIDECAR)
+            fd, st = fs.open_regular(dfd, k.filename)
             os.close(fd)
         return str(doc["sha256"]) if st.st_size == doc["size"] else None
     except (OSError, ValueError, KeyError, TypeError):
@@ -352,7 +308,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", metavar="FILE", required=True, help="the archive to write ('-': standard output)")
     ex.add_argument("--compress", choices=("none", "zstd"), default="none", help="compress the archive [none]")
     ex.add_argument("paths", nargs="*", metavar="URL-PATH",
-                    help="images to export, as the daemon's URL paths (default: every cached image)")
+                    help="images to export, as the daemon's URL paths: /images/talos/… or the mirror's "
+                         "/image/{schematic}/{version}/{asset} (default: every cached image and asset)")
     im.add_argument("--replace", action="store_true", help="replace a cached image that is a different build")
     im.add_argument("archive", metavar="FILE", help="the archive to import ('-': standard input)")
     return p

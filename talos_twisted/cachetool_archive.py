@@ -2,8 +2,11 @@
 
 One tar (PAX format), optionally one zstd frame around it: ``talos-images-export/manifest.json``
 first (the entries with size and sha256, their sidecar ``info``, and the metadata the daemon
-needs offline), then one regular member per image, ``talos-images-export/images/{key.relpath}``.
-A plain ``tar``/``zstd -d | tar`` can unpack it for inspection.
+needs offline), then one regular member per entry, ``talos-images-export/images/{key.relpath}``:
+a decompressed image (``{platform}.raw``) or a factory asset the mirror keeps byte-exact
+(``kernel-amd64``, ``metal-amd64.raw.zst``; its key carries ``asset``, written only when set,
+so an export without assets reads as before). A plain ``tar``/``zstd -d | tar`` can unpack it
+for inspection.
 
 Reading never uses a member's name as a path: the manifest's keys are validated and each image
 is written through `CacheStore.open_temp(key)`; a member is only accepted if it is a regular
@@ -26,6 +29,8 @@ from typing import IO, Any, BinaryIO, Iterator, Mapping
 
 import zstandard
 
+from talos_twisted.assetpath import ProfileError, asset_platform, check_asset_path, is_decompressed_image
+from talos_twisted.cachefs import TEMP_MARK
 from talos_twisted.names import ARCHES, is_extension_name, is_platform_name
 from talos_twisted.request import ImageKey
 from talos_twisted.schematic import schematic_id
@@ -40,6 +45,8 @@ MANIFEST_LIMIT = 64 << 20  # far above any real manifest; bounds what is read in
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ZEROS = bytes(CHUNK)
 _HEX = frozenset("0123456789abcdef")
+KEY_FIELDS = ("version", "arch", "schematic", "platform")
+SCHEMATIC_PREFIX = "schematic-"
 
 
 class ArchiveError(Exception):
@@ -66,10 +73,18 @@ def is_sha256(value: object) -> bool:
 
 
 def metadata_name_ok(name: str) -> bool:
-    """Only what the daemon reads offline: ``versions`` and ``catalog-{version}``."""
+    """Only what the daemon reads offline: ``versions``, ``catalog-{version}`` and
+    ``schematic-{id}`` (the text the mirror and the PXE route need)."""
     if name == "versions":
         return True
+    if name.startswith(SCHEMATIC_PREFIX):
+        return is_sha256(name[len(SCHEMATIC_PREFIX) :])
     return name.startswith("catalog-") and version_ok(name[len("catalog-") :])
+
+
+def schematic_text_ok(name: str, value: object) -> bool:
+    """Whether `value` is the schematic text `name` (``schematic-{id}``) stands for: its sha256 is the ID."""
+    return isinstance(value, str) and schematic_id(value) == name[len(SCHEMATIC_PREFIX) :]
 
 
 def version_ok(text: str) -> bool:
@@ -79,14 +94,31 @@ def version_ok(text: str) -> bool:
         return False
 
 
+def asset_ok(key: ImageKey) -> bool:
+    """Whether `key.asset` is an asset name the mirror keeps (the factory's grammar, a safe
+    file name, not a temporary's) and the key is the one the mirror gives it (arch, platform)."""
+    try:
+        profile = check_asset_path(key.asset)
+    except ProfileError:
+        return False
+    return (TEMP_MARK not in key.asset and not is_decompressed_image(profile)
+            and (key.arch, key.platform) == (profile.arch, asset_platform(profile)))
+
+
 def check_key(doc: object) -> ImageKey:
     """An ImageKey from untrusted JSON; every part as strict as the daemon's own keys."""
-    if not isinstance(doc, dict) or set(doc) != {"version", "arch", "schematic", "platform"}:
+    if not isinstance(doc, dict) or not set(KEY_FIELDS) <= set(doc) <= {*KEY_FIELDS, "asset"}:
         raise ArchiveError(f"manifest: malformed key {json.dumps(doc)[:200]}")
     key = ImageKey(**{k: str(v) for k, v in doc.items()})
-    if not (version_ok(key.version) and key.arch in ARCHES and is_sha256(key.schematic) and is_platform_name(key.platform)):
+    if not (version_ok(key.version) and key.arch in ARCHES and is_sha256(key.schematic) and is_platform_name(key.platform)
+            and (not key.asset or asset_ok(key))):
         raise ArchiveError(f"manifest: invalid key {key.relpath[:200]!r}")
     return key
+
+
+def key_doc(key: ImageKey) -> dict[str, str]:
+    """A key as the manifest (and the sidecar) writes it: ``asset`` only when set."""
+    return {**{f: getattr(key, f) for f in KEY_FIELDS}, **({"asset": key.asset} if key.asset else {})}
 
 
 def clean_info(doc: object) -> dict[str, Any]:
@@ -109,8 +141,7 @@ def clean_info(doc: object) -> dict[str, Any]:
 
 def manifest_doc(items: list[Item], metadata: Mapping[str, Any], created: float, tool: str) -> bytes:
     entries = [
-        {"key": {f: getattr(i.key, f) for f in ("version", "arch", "schematic", "platform")},
-         "member": i.member, "size": i.size, "sha256": i.sha256, "created": i.created, "info": i.info}
+        {"key": key_doc(i.key), "member": i.member, "size": i.size, "sha256": i.sha256, "created": i.created, "info": i.info}
         for i in items
     ]
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "created": created, "tool": tool,
@@ -144,12 +175,15 @@ def parse_manifest(data: bytes) -> tuple[list[Item], dict[str, Any]]:
         item = Item(key, size, str(sha), float(created), clean_info(e.get("info")))
         if "schematic" in item.info and schematic_id(item.info["schematic"]) != key.schematic:
             raise ArchiveError(f"manifest: entry {key} carries the schematic of another ID")
-        if e.get("member") != item.member or any(i.key == key for i in items):
+        if e.get("member") != item.member or any(i.key == key or i.member == item.member for i in items):
             raise ArchiveError(f"manifest: entry {key} is listed twice or under another member name")
         items.append(item)
     bad = [n for n in metadata if not (isinstance(n, str) and metadata_name_ok(n))]
     if bad:
         raise ArchiveError(f"manifest: unexpected metadata {str(bad[0])[:100]!r}")
+    wrong = [n for n in metadata if n.startswith(SCHEMATIC_PREFIX) and not schematic_text_ok(n, metadata[n])]
+    if wrong:
+        raise ArchiveError(f"manifest: metadata {wrong[0][:100]!r} is not the text of that schematic ID")
     return items, metadata
 
 
@@ -157,7 +191,10 @@ def merge_metadata(current: Any, imported: Any, name: str) -> Any:
     """What the target keeps of `name`: the union. Every version either side lists (so
     `latest` is the newest stable of both), and per catalog every extension and overlay either
     side lists (the target's entry where both do). Nothing the target knows is dropped; when
-    the factory is reachable again its answers replace all of it anyway."""
+    the factory is reachable again its answers replace all of it anyway. A schematic's text
+    is fixed by its ID (its sha256): the target's, else the archive's."""
+    if name.startswith(SCHEMATIC_PREFIX):
+        return current if schematic_text_ok(name, current) or not schematic_text_ok(name, imported) else imported
     if name == "versions":
         both = [*(current if isinstance(current, list) else []), *(imported if isinstance(imported, list) else [])]
         return [str(v) for v in sorted({Version.parse(v) for v in both if isinstance(v, str) and version_ok(v)})]

@@ -24,7 +24,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from talos_twisted import transfer as t
+from talos_twisted import tracing, transfer as t
 from talos_twisted.cache import CacheEntry, CacheStore
 from talos_twisted.decompress import Decoder, make_decoder
 from talos_twisted.errors import InternalError, StorageError, TalosError, UpstreamNotFound
@@ -89,6 +89,8 @@ class Download:
         self.image = image
         self.key: ImageKey = image.key
         self._ctx = ctx
+        # a mirrored asset is kept as the factory sent it: no decoder, its own path
+        self._compression = "none" if image.asset else ctx.compression
         self.machine = Transfer(ctx.policy, ctx.rng, queued=ctx.slots is not None, now=ctx.reactor.seconds)
         self.started = ctx.reactor.seconds()
         self.entry: CacheEntry | None = None  # once committed (None: too large to keep)
@@ -104,9 +106,10 @@ class Download:
         self._listeners: list[Callable[[], None]] = []
         self.first_data: OneShot[None] = OneShot()  # a byte is readable, or the download ended
         self.size_known: OneShot[int | None] = OneShot()  # the raw size, None: not before the end
-        self._zstd_head: ZstdHead | None = ZstdHead() if ctx.compression == "zst" else None
+        self._zstd_head: ZstdHead | None = ZstdHead() if self._compression == "zst" else None
         self.ended: OneShot[None] = OneShot()
         self.settled: OneShot[None] = OneShot()  # ended, and no file or thread is left open
+        self.span: tracing.Span | None = None  # its trace span from start() until it settles
 
     # --- what followers see ----------------------------------------------------------
 
@@ -147,7 +150,19 @@ class Download:
     # --- running -----------------------------------------------------------------------
 
     def start(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._run())
+        # a child of the current span (the request that starts it); current for what it starts
+        self.span = tracing.start_download(self.image)
+        if self.span is not None:
+            self.settled.when().addCallback(lambda _: self._end_span())
+        with tracing.current(self.span):
+            return Deferred.fromCoroutine(self._run())
+
+    def _end_span(self) -> None:
+        m, span = self.machine, self.span
+        self.span = None
+        error = m.error
+        outcome = "committed" if m.state == State.COMMITTED else error_kind(error) if error else m.state.value
+        tracing.end_download(span, outcome, m.available, m.received, error.message if error else None)
 
     def cancel(self, error: TalosError) -> None:
         self._apply(self.machine.shutdown(error))
@@ -166,7 +181,7 @@ class Download:
                 ctx.metrics.download_started()
             img = self.image
             remote_id = await ctx.factory.ensure_schematic(img.schematic)
-            self._path = image_path(remote_id, img.version, img.platform, img.arch, ctx.compression)
+            self._path = self._factory_path(remote_id)
             try:
                 response = await ctx.factory.open_image(self._path)
             except UpstreamNotFound:
@@ -175,7 +190,7 @@ class Download:
                 self.log.info("the image factory does not know {id}: POSTing it again", id=remote_id)
                 ctx.factory.forget_schematic(remote_id)
                 remote_id = await ctx.factory.ensure_schematic(img.schematic)
-                self._path = image_path(remote_id, img.version, img.platform, img.arch, ctx.compression)
+                self._path = self._factory_path(remote_id)
                 response = await ctx.factory.open_image(self._path)
         except Exception as e:
             self._apply(self.machine.failed(as_talos_error(e, "image download")))
@@ -198,10 +213,16 @@ class Download:
         self._apply(self.machine.opened(length, accepts), response)
         self._probe_size(length)
 
+    def _factory_path(self, remote_id: str) -> str:
+        img = self.image
+        if img.asset:
+            return f"/image/{remote_id}/{img.version}/{img.asset}"
+        return image_path(remote_id, img.version, img.platform, img.arch, self._compression)
+
     # --- the raw size, as early as the upstream tells it ------------------------------------
 
     def _probe_size(self, length: int | None) -> None:
-        compression = self._ctx.compression
+        compression = self._compression
         if self.key in self._ctx.distrust:
             self._apply(self.machine.size_declared(None))
         elif compression == "none":
@@ -210,7 +231,8 @@ class Download:
             if self._range_url is not None and length is not None:
                 # the total is only in the index at the end: read the footer and index with
                 # a small ranged request while the body streams
-                Deferred.fromCoroutine(self._xz_tail(self._range_url, length))
+                with tracing.current(self.span):
+                    Deferred.fromCoroutine(self._xz_tail(self._range_url, length))
             else:
                 self._apply(self.machine.size_declared(None))
         # zst: the frame header, in the first bytes of the body (`_body`)
@@ -238,7 +260,7 @@ class Download:
         self._apply(self.machine.body(generation, data))
 
     def _decoder(self) -> Decoder:
-        return make_decoder(self._ctx.compression, self._ctx.max_output)
+        return make_decoder(self._compression, self._ctx.max_output)
 
     # --- carrying out effects --------------------------------------------------------------
 
@@ -411,7 +433,7 @@ class Download:
     def _body_ended(self, generation: int, reason: Failure) -> None:
         if generation == self.machine.generation:
             self._transport = None
-        compressed = self._ctx.compression != "none"
+        compressed = self._compression != "none"
         # without Content-Length the end of the connection is the end of the body; the
         # decoder's end-of-stream check then tells a truncated one
         clean = bool(reason.check(ResponseDone) or (reason.check(PotentialDataLoss) and compressed))
@@ -426,7 +448,8 @@ class Download:
         self._apply(self.machine.resume_due())
 
     def _open_resume(self, offset: int | None) -> None:
-        Deferred.fromCoroutine(self._resume(offset, self.machine.generation))
+        with tracing.current(self.span):  # its factory calls are the download's children
+            Deferred.fromCoroutine(self._resume(offset, self.machine.generation))
 
     async def _resume(self, offset: int | None, generation: int) -> None:
         m = self.machine

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from talos_twisted import tracing
 from talos_twisted.cache import CacheEntry, CacheStore
 from talos_twisted.download import Download
 from talos_twisted.errors import TalosError, TooLarge, Unavailable
@@ -97,6 +98,7 @@ class Downloads:
         self._clock = clock
         self._active: dict[ImageKey, Download] = {}
         self._unsettled: set[Download] = set()
+        self.closing = False  # shutting down: no new download starts, running ones go on
 
     def __len__(self) -> int:
         return len(self._active)
@@ -112,7 +114,7 @@ class Downloads:
             elapsed = max(now - d.started, 1e-6)
             out.append({
                 "key": str(d.key), "version": d.key.version, "arch": d.key.arch, "platform": d.key.platform,
-                "schematic": d.key.schematic, "url_path": d.image.url_path(), "state": d.state.value,
+                "schematic": d.key.schematic, "asset": d.key.asset, "url_path": d.image.url_path(), "state": d.state.value,
                 "bytes": d.available, "compressed_bytes": d.machine.received, "size": LiveSource(d).size(),
                 "elapsed": round(elapsed, 3), "rate": round(d.available / elapsed), "followers": d.followers,
             })
@@ -123,6 +125,8 @@ class Downloads:
         existing = self._active.get(image.key)
         if existing is not None and not existing.machine.ended:
             return existing, True
+        if self.closing:
+            raise Unavailable("the server is shutting down")
         download = self._make(image)
         self._active[image.key] = download
 
@@ -152,6 +156,8 @@ class Downloads:
             return Hit(entry)
         download, joined = self.get_or_start(image)
         outcome = "JOIN" if joined else "MISS"
+        if joined:
+            tracing.link_current(download.span)  # the request's span to the download it joins
         if need is Need.NOTHING:
             return Live(LiveSource(download), outcome)
         deadline = None if timeout is None else self._clock.seconds() + timeout
@@ -181,13 +187,25 @@ class Downloads:
         raise_waiting(download, need, timeout, self._queued_ahead(download))
         return Live(LiveSource(download), outcome)
 
+    def settling(self) -> list[Download]:
+        """Downloads started and not settled yet (running, or ended and closing their file)."""
+        return list(self._unsettled)
+
     def quiesce(self) -> Deferred[list[None]]:
         """Fires once every download started so far has settled (tests, shutdown)."""
         return gatherResults([d.settled.when() for d in list(self._unsettled)])
 
     def stop(self) -> Deferred[list[None]]:
         """Abort every running download (daemon shutdown) and wait until they have settled."""
-        for download in list(self._active.values()):
+        self.closing = True
+        running = [d for d in self._active.values() if not d.machine.ended]
+        if running:
+            self.log.info(
+                "shutting down: cancelling {count} downloads ({keys}); their temporary files are removed",
+                count=len(running), keys=", ".join(str(d.key) for d in running),
+                bytes={str(d.key): d.available for d in running},
+            )
+        for download in running:
             download.cancel(Unavailable("the server is shutting down"))
         return self.quiesce()
 

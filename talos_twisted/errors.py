@@ -79,6 +79,9 @@ class UpstreamError(TalosError):
     """
 
     status = 502
+    # (status, first line of the body) of the factory's own answer, when it gave one: the
+    # factory mirror passes a 4xx through as the factory worded it
+    upstream: tuple[int, str] | None = None
 
     def __init__(self, message: str, *, retry_after: int | None = None, retryable: bool = False):
         super().__init__(message, retry_after=retry_after)

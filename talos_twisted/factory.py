@@ -9,28 +9,24 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from urllib.parse import urlsplit
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar, cast
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import (
-    ConnectError, ConnectingCancelledError, ConnectionRefusedError, DNSLookupError, TCPTimedOutError,
-    TimeoutError as TxTimeoutError,
-)
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
+from talos_twisted import tracing
 from talos_twisted.backoff import Backoff
 from talos_twisted.catalog import Catalog
-from talos_twisted.errors import (
-    TalosError, UpstreamError, UpstreamFailing, UpstreamNotFound, UpstreamTimeout, UpstreamUnreachable,
-)
+from talos_twisted.errors import UpstreamError, UpstreamNotFound, UpstreamTimeout
+# as_talos_error, content_range and image_path are also imported from here by download.py
+from talos_twisted.factory_errors import as_talos_error as as_talos_error, status_error
+from talos_twisted.factory_paths import content_range as content_range, image_path as image_path
 from talos_twisted.metastore import MetadataStore
 from talos_twisted.metrics import Metrics, error_kind
 from talos_twisted.observe import OneShot
@@ -38,84 +34,8 @@ from talos_twisted.schematic import Schematic
 
 _T = TypeVar("_T")
 
-# --- the factory's URL layout (only here) -------------------------------------------------
-
-COMPRESSION_SUFFIX = {"xz": ".xz", "zst": ".zst", "none": ""}
-
-
-def image_path(schematic_id: str, version: str, platform: str, arch: str, compression: str) -> str:
-    """The factory's path of a disk image: ``/image/{id}/{version}/{platform}-{arch}.raw[.xz|.zst]``."""
-    return f"/image/{schematic_id}/{version}/{platform}-{arch}.raw{COMPRESSION_SUFFIX[compression]}"
-
-
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$", re.ASCII)
-
-
-def content_range(response: IResponse) -> tuple[int | None, int | None]:
-    """(first byte, total) of a 206's Content-Range; None for what it does not say."""
-    raw = (response.headers.getRawHeaders(b"content-range") or [b""])[0]
-    m = _CONTENT_RANGE.match(raw.decode("latin-1").strip())
-    if m is None or len(raw) > 80:
-        return None, None
-    return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
-
-
-
 # metadata and image requests: a few attempts, quickly
 RetryPolicy = Backoff
-
-
-def _first_line(body: bytes) -> str:
-    text = body.decode("utf-8", "replace").strip().splitlines()
-    return text[0][:200] if text else ""
-
-
-def _factory(host: str) -> str:
-    return f"the image factory ({host})" if host else "the image factory"
-
-
-def _connect_cause(e: BaseException) -> str:
-    if isinstance(e, DNSLookupError):
-        return "DNS lookup failed"
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(e, (TCPTimedOutError, ConnectingCancelledError)):
-        return "connecting timed out"
-    return str(e).strip() or type(e).__name__
-
-
-def as_talos_error(
-    failure_value: BaseException, what: str, timeout: float | None = None, host: str = ""
-) -> TalosError:
-    """What a failed upstream call means to our clients (our own errors pass through);
-    the message names the factory's host and the cause (DNS, refused, timeout, status)."""
-    if isinstance(failure_value, TalosError):
-        return failure_value
-    if isinstance(failure_value, (ResponseFailed, ResponseNeverReceived)):
-        # a timeout cancels the request; the agent reports it wrapped in these
-        reasons = [getattr(r, "value", r) for r in failure_value.reasons]
-        if any(isinstance(r, (CancelledError, TxTimeoutError)) for r in reasons):
-            failure_value = CancelledError()
-    if isinstance(failure_value, (CancelledError, TxTimeoutError)):
-        t = f" within {timeout:g}s" if timeout else ""
-        return UpstreamTimeout(f"{_factory(host)} did not answer {what}{t}", retryable=True)
-    if isinstance(failure_value, (ConnectError, DNSLookupError)):
-        cause = _connect_cause(failure_value)
-        return UpstreamUnreachable(f"{_factory(host)} is unreachable: {cause} ({what})", retryable=True)
-    if isinstance(failure_value, (ResponseFailed, ResponseNeverReceived)):
-        return UpstreamError(f"{_factory(host)} broke off the connection ({what})", retryable=True)
-    return UpstreamError(f"{_factory(host)} call failed ({what}: {type(failure_value).__name__})", retryable=True)
-
-
-def status_error(code: int, body: bytes, what: str, host: str = "") -> UpstreamError:
-    detail = _first_line(body)
-    msg = f"{_factory(host)} answered {code} to {what}" + (f": {detail}" if detail else "")
-    if code == 404:
-        return UpstreamNotFound(msg)
-    if code == 429 or code >= 500:
-        # the factory is failing or overloaded: a retry later may well succeed
-        return UpstreamFailing(msg, retryable=True)
-    return UpstreamError(msg)
 
 
 class _Discard(Protocol):
@@ -139,7 +59,7 @@ class FactoryClient:
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
     ):
-        self._http = http
+        self._http = tracing.traced_http(http, self._kind_of_url, self._outcome)  # a span per call
         self._metrics = metrics
         self.last_success: float | None = None  # when a factory call last worked (readiness)
         self.last_error: str | None = None
@@ -177,6 +97,17 @@ class FactoryClient:
         if path.startswith("/image/"):
             return "image"
         return path.strip("/").split("/", 1)[0] or "other"
+
+    def _kind_of_url(self, url: str) -> str:
+        if url.startswith(self.base_url + "/"):
+            return self._kind("GET " + url[len(self.base_url):])
+        return "image"  # where an image download was redirected (ranged GETs)
+
+    def _outcome(self, result: int | BaseException) -> str:
+        """A call's outcome as the metrics name it: ``ok``, or the kind of error."""
+        if isinstance(result, int):
+            return "ok" if result < 400 else error_kind(status_error(result, b"", "", self.host))
+        return error_kind(as_talos_error(result, "", self._timeout, self.host))
 
     async def _with_retries(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
         kind = self._kind(what)
@@ -315,6 +246,13 @@ class FactoryClient:
         doc = await self._cached(f"catalog-{version}", fetch)
         return Catalog.from_factory(version, doc["extensions"], doc["overlays"])
 
+    async def catalog_lists(self, version: str) -> dict[str, list[Any]]:
+        """The catalogs of `version` as the factory sent them: {"extensions": [...], "overlays": [...]}."""
+        await self.catalog(version)
+        doc = self.known(f"catalog-{version}")
+        assert isinstance(doc, dict)
+        return doc
+
     # --- schematics and images ---------------------------------------------------------
 
     async def ensure_schematic(self, schematic: Schematic) -> str:
@@ -380,6 +318,17 @@ class FactoryClient:
         if self._store is not None:
             self._store.save(name, text)
         return text
+
+    def remember_schematic(self, schematic: Schematic) -> None:
+        """Keep a schematic made here (the mirror's POST, a profile) as if the factory had
+        answered GET /schematics/{id} with it: served and downloadable offline."""
+        name = f"schematic-{schematic.id}"
+        text = schematic.to_yaml()
+        if self.known(name) == text:
+            return
+        self._memo[name] = (float("inf"), text)
+        if self._store is not None:
+            self._store.save(name, text)
 
     def forget_schematic(self, schematic_id: str) -> None:
         """The factory does not know it (any more): POST it again before the next download."""

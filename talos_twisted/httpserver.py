@@ -31,6 +31,7 @@ from talos_twisted.connlimits import (
     HOST, ConnectionTable, Fault, LogThrottle, Refusal, ServerLimits, TargetError, client_key, error_response,
     header_line_error, linger_and_close, origin_form, request_line_error,
 )
+from talos_twisted import tracing
 from talos_twisted.logs import access_event
 from talos_twisted.metrics import Metrics
 
@@ -238,6 +239,7 @@ class LimitedRequest(Request):
         Request.__init__(self, channel, *args, **kwargs)
         self.received_at: float = channel.site.clock.seconds()  # the request line arrived
         self.unlogged = False  # processed and not yet in the access log
+        self.trace_span: tracing.Span | None = None  # from process() to the access log
 
     def gotLength(self, length: int | None) -> None:
         # never Twisted's unnamed temporary file: bodies are bounded, so memory is enough
@@ -263,6 +265,15 @@ class LimitedRequest(Request):
 
     def process(self) -> None:
         self.unlogged = True  # from here on it is the app's (or our answer's): log it
+        # the request's span is current while the route starts: what it starts is its child
+        self.trace_span = tracing.start_request(self)
+        token = tracing.attach(self.trace_span)
+        try:
+            self._route()
+        finally:
+            tracing.detach(token)
+
+    def _route(self) -> None:
         try:
             target = origin_form(self.uri)
         except TargetError as e:
@@ -348,6 +359,7 @@ class LimitedSite(Site):
         duration = self.clock.seconds() - request.received_at
         fmt, fields = access_event(request, duration, completed)
         _access_log.info(fmt, **fields)
+        tracing.end_request(request, fields)
         if self.metrics is not None:
             self.metrics.request_done(fields["route"], fields["status"], fields["cache"], fields["bytes"], duration)
 

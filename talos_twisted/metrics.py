@@ -17,7 +17,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 __all__ = ["CACHE_OUTCOMES", "ROUTES", "Metrics", "ScrubCounters", "error_kind", "route_name"]
 
 ROUTES = frozenset(
-    {"image", "checksum", "versions", "catalog", "cache", "healthz", "readyz", "metrics", "status", "other"}
+    {"image", "checksum", "versions", "catalog", "cache", "healthz", "readyz", "metrics", "status",
+     "mirror_metadata", "mirror_schematic", "mirror_image", "pxe", "other"}
 )
 CACHE_OUTCOMES = frozenset({"hit", "miss", "join"})
 # an outcome, reason or limit is a snake_case name; anything else (a bug) counts as "other"
@@ -50,9 +51,17 @@ def route_name(path: bytes | str) -> str:
     path = path.split("?", 1)[0]
     if path in ("/healthz", "/readyz", "/metrics"):
         return path[1:]
-    if path in ("/", "/status.json", "/favicon.ico"):
+    if path in ("/", "/status.json", "/favicon.ico", "/openapi.json"):
         return "status"
     parts = path.split("/")
+    if parts[1:2] in (["versions"], ["version"]):
+        return "mirror_metadata"
+    if parts[1:2] == ["schematics"]:
+        return "mirror_schematic"
+    if parts[1:2] == ["image"]:
+        return "mirror_image"
+    if parts[1:2] == ["pxe"]:
+        return "pxe"
     if parts[:3] != ["", "images", "talos"]:
         return "other"
     rest = parts[3:]

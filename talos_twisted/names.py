@@ -46,7 +46,13 @@ def is_overlay_name(name: str) -> bool:
 
 
 def is_platform_name(name: str) -> bool:
-    return PLATFORM_PATTERN.fullmatch(name) is not None
+    """A platform, or ``{platform}-secureboot`` for the factory's secureboot image of it:
+    ``secureboot`` is only ever that last part (``secureboot``, ``metal-secureboot-secureboot``
+    and ``secureboot-metal`` name no image the factory builds)."""
+    if PLATFORM_PATTERN.fullmatch(name) is None:
+        return False
+    parts = name.split("-")
+    return "secureboot" not in parts[:-1] and parts != ["secureboot"]
 
 
 def is_version_spec(text: str) -> bool:

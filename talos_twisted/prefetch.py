@@ -13,7 +13,7 @@ guarded: a failing round is logged and the loop keeps running.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from twisted.application import service
@@ -26,7 +26,7 @@ from talos_twisted.config import PrefetchImage
 from talos_twisted.downloads import Downloads
 from talos_twisted.errors import TalosError
 from talos_twisted.observe import OneShot
-from talos_twisted.request import ImageKey, ImageRequest, parse_image_request
+from talos_twisted.request import ImageKey, ImageRequest, ResolvedImage, parse_image_request
 from talos_twisted.resolver import ImageResolver
 
 # outcomes of one item in a round
@@ -97,7 +97,7 @@ class Prefetcher:
         for item in self.items:
             if self.stopped:
                 break
-            outcomes.append(await self._one(item))
+            outcomes += await self._one(item)
         self.last_round = outcomes
         counts = {s: sum(1 for o in outcomes if o.status == s) for s in (CACHED, DOWNLOADING, STARTED, FAILED)}
         self.log.info(
@@ -112,19 +112,23 @@ class Prefetcher:
         )
         return outcomes
 
-    async def _one(self, item: PrefetchImage) -> Outcome:
+    async def _one(self, item: PrefetchImage) -> list[Outcome]:
+        """One outcome per asset of `item` (its disk image, its PXE boot files)."""
         name = describe(item)
         try:
-            image = await self._resolver.resolve(image_request(item, self._platforms))
+            disk = await self._resolver.resolve(image_request(item, self._platforms))
         except TalosError as e:
             message = e.message
             self.log.warn("prefetch of {item} failed: {error}", item=name, error=message)
-            return Outcome(item, FAILED, error=message)
+            return [Outcome(item, FAILED, error=message)]
         except CancelledError:
             raise
         except Exception as e:
             self.log.failure("prefetch of {item} failed", item=name)
-            return Outcome(item, FAILED, error=f"internal error: {type(e).__name__}")
+            return [Outcome(item, FAILED, error=f"internal error: {type(e).__name__}")]
+        return [self._start(item, replace(disk, asset=boot_asset(a, disk)), name) for a in item.assets]
+
+    def _start(self, item: PrefetchImage, image: ResolvedImage, name: str) -> Outcome:
         # peek, not get: a prefetch round is not a client's access (LRU order, sidecar writes)
         if self._cache.peek(image.key) is not None:
             return Outcome(item, CACHED, image.key)
@@ -135,6 +139,19 @@ class Prefetcher:
             return Outcome(item, DOWNLOADING, image.key)
         self.log.info("prefetching {item} as {key}", item=name, key=str(image.key))
         return Outcome(item, STARTED, image.key)
+
+
+def boot_asset(kind: str, disk: ResolvedImage) -> str:
+    """The factory asset path of a prefetch `assets` entry ("" for the disk image itself)."""
+    platform, arch = disk.platform, disk.arch
+    secure = platform.endswith("-secureboot")
+    base = platform.removesuffix("-secureboot")
+    return {
+        "disk": "",
+        "kernel": f"kernel-{arch}",
+        "initramfs": f"initramfs-{arch}.xz",
+        "cmdline": f"cmdline-{base}-{arch}{'-secureboot' if secure else ''}",
+    }[kind]
 
 
 class PrefetchService(service.Service):

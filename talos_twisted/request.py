@@ -99,13 +99,26 @@ class ImageKey:
     arch: str
     schematic: str
     platform: str
+    # a factory asset kept byte-exact (the mirror: "kernel-amd64", "metal-amd64.raw.zst");
+    # empty for the decompressed disk image of `platform`
+    asset: str = ""
+
+    @property
+    def filename(self) -> str:
+        return self.asset or f"{self.platform}.raw"
 
     @property
     def relpath(self) -> str:
-        return f"{self.version}/{self.arch}/{self.schematic}/{self.platform}.raw"
+        return f"{self.version}/{self.arch}/{self.schematic}/{self.filename}"
+
+    def url_path(self) -> str:
+        """Where this entry is served: our image route, or the mirror's asset path."""
+        if self.asset:
+            return f"/image/{self.schematic}/{self.version}/{self.asset}"
+        return f"/images/talos/{self.version}/{self.arch}/{self.platform}.raw"
 
     def __str__(self) -> str:
-        return f"{self.version}/{self.arch}/{self.schematic[:12]}/{self.platform}"
+        return f"{self.version}/{self.arch}/{self.schematic[:12]}/{self.asset or self.platform}"
 
 
 @dataclass(frozen=True)
@@ -115,15 +128,16 @@ class ResolvedImage:
     platform: str
     schematic: Schematic
     latest: bool = False  # the URL said `latest`
+    asset: str = ""  # a factory asset path, fetched and kept byte-exact (see ImageKey.asset)
 
     @property
     def key(self) -> ImageKey:
-        return ImageKey(self.version, self.arch, self.schematic.id, self.platform)
+        return ImageKey(self.version, self.arch, self.schematic.id, self.platform, self.asset)
 
     @property
     def filename(self) -> str:
-        return f"talos-{self.version}-{self.arch}-{self.platform}.raw"
+        return self.asset or f"talos-{self.version}-{self.arch}-{self.platform}.raw"
 
     def url_path(self) -> str:
         """The pinned URL path of this image (for Content-Location of a `latest` request)."""
-        return f"/images/talos/{self.version}/{self.arch}/{self.platform}.raw"
+        return self.key.url_path()

@@ -27,7 +27,8 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.logger import Logger, LogLevel
 
-from talos_twisted.cache import CacheEntry, CacheStore
+from talos_twisted.cache import CacheStore
+from talos_twisted.cache_entry import CacheEntry
 from talos_twisted.observe import OneShot
 from talos_twisted.request import ImageKey
 

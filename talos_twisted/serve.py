@@ -15,7 +15,8 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http import datetimeToString
 
-from talos_twisted.cache import CacheEntry, CacheStore
+from talos_twisted.cache import CacheStore
+from talos_twisted.cache_entry import CacheEntry
 from talos_twisted.errors import TalosError, Unavailable
 from talos_twisted.http_ranges import plan_response
 from talos_twisted.downloads import LiveSource

@@ -12,7 +12,8 @@ from urllib.parse import quote
 
 from twisted.internet.interfaces import IReactorTime
 
-from talos_twisted.cache import CacheEntry, CacheStore
+from talos_twisted.cache import CacheStore
+from talos_twisted.cache_entry import CacheEntry
 from talos_twisted.downloads import Downloads
 from talos_twisted.factory import FactoryClient
 from talos_twisted.names import ARCHES
@@ -56,6 +57,8 @@ def entry_url_path(entry: CacheEntry) -> str | None:
     if overlay is not None and not isinstance(overlay, str):
         return None
     k = entry.key
+    if k.asset:  # a mirrored factory asset: its own path names it
+        return k.url_path()
     return image_url_path(k.version, k.arch, k.platform, exts, overlay)
 
 
@@ -72,8 +75,8 @@ def _entry(entry: CacheEntry, now: float) -> dict[str, Any]:
 def _download(described: Mapping[str, Any], images: Mapping[tuple[Any, ...], ResolvedImage]) -> dict[str, Any]:
     doc = dict(described)
     # describe()'s url_path is the pinned path without the query: the client's URL names the extensions
-    image = images.get(tuple(doc.get(k) for k in ("version", "arch", "schematic", "platform")))
-    if image is not None:
+    image = images.get((*(doc.get(k) for k in ("version", "arch", "schematic", "platform")), doc.get("asset") or ""))
+    if image is not None and not image.asset:
         s = image.schematic
         doc["extensions"] = list(s.extensions)
         doc["overlay"] = s.overlay.name if s.overlay else None
@@ -124,7 +127,8 @@ def document(
     """
     now = clock.seconds()
     entries = cache.entries()
-    images = {(d.key.version, d.key.arch, d.key.schematic, d.key.platform): d.image for d in downloads.active()}
+    images = {(d.key.version, d.key.arch, d.key.schematic, d.key.platform, d.key.asset): d.image
+              for d in downloads.active()}
     return {
         "server_time": now,
         "entries": [_entry(e, now) for e in entries],

@@ -14,13 +14,14 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
-from twisted.internet.defer import DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
+from twisted.internet.task import deferLater
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.logger import Logger
 
-from talos_twisted import __version__
+from talos_twisted import __version__, tracing
 from talos_twisted.cache import CacheRootError, CacheStore
 from talos_twisted.config import Config, ConfigError, load_config
 from talos_twisted.download import Download, DownloadContext
@@ -28,7 +29,7 @@ from talos_twisted.downloads import Downloads
 from talos_twisted.factory import FactoryClient
 from talos_twisted.metastore import MetadataStore
 from talos_twisted.connlimits import ServerLimits
-from talos_twisted.httpserver import make_site
+from talos_twisted.httpserver import LimitedSite, make_site
 from talos_twisted.prefetch import PrefetchService, Prefetcher
 from talos_twisted.scrub import ScrubService
 from talos_twisted.logs import LoggingRoot, observer_for, progress_line
@@ -246,7 +247,10 @@ class ReloadService(service.Service):
         def handler(signum: int, frame: Any) -> None:
             self.reactor.callFromThread(self.reload)
 
-        self.reactor.callWhenRunning(signal.signal, signal.SIGHUP, handler)
+        # at once, not when the reactor runs: twistd starts the services (and logs "listening
+        # on") before it runs the reactor, and a SIGHUP in between would kill the daemon
+        # (SIGHUP's default action); the reload itself waits for the reactor
+        signal.signal(signal.SIGHUP, handler)
 
     def reload(self) -> None:
         try:
@@ -329,12 +333,90 @@ class Listener(service.Service):
         if self.port is None:  # not bound by makeService (tests building the tree by hand)
             self.listen_now()
 
-    def stopService(self) -> Any:
-        super().stopService()
+    def stop_listening(self) -> Any:
+        """Close the port (once): new connections are refused, open ones go on."""
         port, self.port = self.port, None
         if port is not None:
             return port.stopListening()
         return None
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.stop_listening()
+
+
+class GracefulStop(service.MultiService):
+    """The daemon's tree, stopped gracefully (`SIGTERM`): first the port is closed, then the
+    running downloads and the clients being served get up to `grace` seconds to finish, and
+    only then is the tree below stopped, which cancels the downloads still running (their
+    temporary files removed) and drops what is left. `grace` 0: cancel at once.
+
+    Twisted stops a MultiService's children all at once; this holds them back until the
+    drain is over (twistd's 'before shutdown' trigger waits for the Deferred)."""
+
+    log = Logger()
+    poll_interval = 0.1  # how often open client connections are looked at while draining
+
+    def __init__(self, listener: Listener, downloads: Downloads, grace: float, clock: Any):
+        super().__init__()
+        self.listener = listener
+        self.downloads = downloads
+        self.grace = grace
+        self.clock = clock
+
+    def stopService(self) -> Deferred[Any]:
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> Any:
+        await maybeDeferred(self.listener.stop_listening)
+        if self.grace > 0:
+            await self._drain()
+        return await service.MultiService.stopService(self)
+
+    def _channels(self) -> set[Any]:
+        site = self.listener.factory
+        return site.channels if isinstance(site, LimitedSite) else set()
+
+    def _close_idle(self, channels: set[Any], closed: set[Any]) -> None:
+        """Connections between requests are closed; those with a request close after it."""
+        for channel in list(channels):
+            if channel in closed:
+                continue
+            if channel.requests:
+                channel.persistent = False  # the answer may set it again: looked at every poll
+            elif channel.transport is not None:
+                closed.add(channel)
+                channel.transport.loseConnection()
+
+    async def _drain(self) -> None:
+        self.downloads.closing = True  # a request on an open connection starts no new download
+        channels = self._channels()
+        closed: set[Any] = set()
+        self._close_idle(channels, closed)
+        running = self.downloads.active()
+        serving = sum(1 for c in channels if c.requests)
+        if not self.downloads.settling() and not channels:
+            return
+        self.log.info(
+            "shutting down: waiting up to {grace}s for {count} downloads and {clients} clients being served",
+            grace=f"{self.grace:g}", count=len(running), clients=serving, keys=[str(d.key) for d in running],
+        )
+        start = self.clock.seconds()
+        deadline = start + self.grace
+        while self.downloads.settling() or channels:
+            left = deadline - self.clock.seconds()
+            if left <= 0:
+                self.log.info(
+                    "shutting down: the grace of {grace}s is over; {count} downloads and {clients} client "
+                    "connections are cut",
+                    grace=f"{self.grace:g}", count=len(self.downloads.active()), clients=len(channels),
+                )
+                return
+            await deferLater(self.clock, min(self.poll_interval, left), lambda: None)
+            self._close_idle(channels, closed)
+        self.log.info(
+            "shutting down: every transfer finished in {seconds}s", seconds=round(self.clock.seconds() - start, 3)
+        )
 
 
 def makeService(options: Options) -> service.MultiService:
@@ -351,6 +433,7 @@ def makeService(options: Options) -> service.MultiService:
         endpoint = serverFromString(reactor, config.listen)
     except (ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"talos-images: listen: {config.listen!r} is not a usable endpoint ({e})") from None
+    tracing.install_from_environment()  # OTEL_TRACES_EXPORTER, with the otel extra installed
     top, app = build(config, reactor)
     ReloadService(app, options["config"], options.overrides, reactor).setServiceParent(top)
     site = make_site(app.resource(), server_limits(config.talos), reactor, metrics=app.metrics)
@@ -358,7 +441,9 @@ def makeService(options: Options) -> service.MultiService:
     listener.listen_now()
     listener.setServiceParent(top)
     StartupLine(config).setServiceParent(top)
+    graceful = GracefulStop(listener, app.downloads, config.talos.shutdown_grace, reactor)
+    top.setServiceParent(graceful)
     # log_format: json gives twistd's Application the JSON observer (`--logger` still wins)
     root = LoggingRoot(observer_for(config.talos.log_format))
-    top.setServiceParent(root)
+    graceful.setServiceParent(root)
     return root

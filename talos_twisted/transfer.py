@@ -176,7 +176,8 @@ class Transfer:
 
     # --- inputs: resuming --------------------------------------------------------------
 
-    def _interrupted(self, why: str, stop: bool) -> list[Effect]:
+    def _interrupted(self, why: str, stop: bool, cause: str | None = None) -> list[Effect]:
+        """`cause`: what broke the body off, when `why` is a resume's failure on top of it."""
         self.generation += 1  # whatever the old response still delivers is ignored
         effects: list[Effect] = [StopUpstream()] if stop else []
         now = self._now()
@@ -191,7 +192,9 @@ class Transfer:
             return effects + self._fail(error, stop_upstream=False)
         delay = self.policy.delay(self.resumes, self._rng)
         self.resumes += 1
-        self._why = why
+        # the interruption itself, not each resume's failure on top of it: the message of the
+        # next failed resume (and of the final error) stays one cause and one failure long
+        self._why = why if cause is None else cause
         self.state = State.RESUMING
         return [DisarmIdle()] + effects + [ScheduleResume(delay, self.resumes, why)]
 
@@ -220,7 +223,7 @@ class Transfer:
     def resume_failed(self, generation: int, message: str) -> list[Effect]:
         if self.state != State.RESUMING or generation != self.generation:
             return []
-        return self._interrupted(f"{self._why}; resuming failed: {message}", stop=False)
+        return self._interrupted(f"{self._why}; resuming failed: {message}", stop=False, cause=self._why)
 
     # --- inputs: the size ------------------------------------------------------------------
 

@@ -19,15 +19,16 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
-from talos_twisted import status
+from talos_twisted import openapi, status, tracing
 from talos_twisted.cache import CacheStore
 from talos_twisted.config import TalosConfig
 from talos_twisted.downloads import Downloads, Hit, Need
-from talos_twisted.errors import BadRequest, Disabled, InternalError, NotFound, TalosError, Unavailable
+from talos_twisted.errors import BadRequest, Disabled, InternalError, NotFound, TalosError, Unavailable, UpstreamError
 from talos_twisted.factory import FactoryClient
 from talos_twisted.health import readiness
 from talos_twisted.http_conditional import etag_list_matches
 from talos_twisted.metrics import Metrics
+from talos_twisted.mirror import PREFIXES, FactoryMirror, MirrorError, render_text
 from talos_twisted.request import ImageRequest, ResolvedImage, parse_image_request
 from talos_twisted.resolver import ImageResolver
 from talos_twisted.serve import serve_entry, serve_live, stamp_date
@@ -73,6 +74,9 @@ class TalosImages:
         self.clock = clock
         self.scrub = scrub
         self.prefetch: Any = None  # the PrefetchService, when there is one (reloads)
+        self.mirror = FactoryMirror(
+            lambda: self.config, factory=factory, resolver=self.resolver, cache=cache, downloads=downloads, clock=clock
+        )
         self.metrics = metrics or Metrics(cache_bytes=lambda: cache.total_usage, cache_entries=lambda: len(cache.entries()))
 
     def resource(self) -> IResource:
@@ -87,6 +91,11 @@ class TalosImages:
     @app.handle_errors(HTTPException)
     def _routing_error(self, request: Any, failure: Failure) -> bytes:
         e: Any = failure.value
+        if request.path.split(b"/")[1] in PREFIXES:  # under the mirror's routes: as the factory answers
+            if e.code == 405:
+                request.setHeader("Allow", ", ".join(sorted(e.valid_methods or [])))
+                return render_text(request, MirrorError(405, "Method Not Allowed"))
+            return render_text(request, MirrorError(404, "404 page not found"))
         if e.code == 405:
             allowed = ", ".join(e.valid_methods or [])
             request.setHeader("Allow", allowed)
@@ -157,6 +166,13 @@ class TalosImages:
         doc = status.document(self.cache, self.downloads, self.factory, self.clock, platforms=self.config.platforms)
         return json.dumps(doc).encode() + b"\n"
 
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi_json(self, request: Any) -> bytes:
+        # the routes this app serves, so a route family documented ahead appears once it exists
+        request.setHeader("Content-Type", "application/json")
+        request.setHeader("Cache-Control", "max-age=60")
+        return openapi.served_json(self.app.url_map)
+
     # --- discovery -------------------------------------------------------------------
 
     def _json(self, request: Any, doc: Any, cache_control: str = "max-age=60") -> bytes:
@@ -210,9 +226,20 @@ class TalosImages:
         self._require_enabled()
         req = parse_image_request(version, arch, filename, request.args, self.config.platforms)
         image = await self._resolve(req)
-        return await self._answer(request, req, image)
+        try:
+            return await self._answer(request, req, image)
+        except UpstreamError as e:
+            # a schematic made elsewhere is not checked against the catalog: the factory's 400
+            # when it builds it (an extension or overlay this version lacks) is the client's error
+            if req.schematic_id is None or e.upstream is None or e.upstream[0] != 400:
+                raise
+            raise BadRequest(
+                f"the image factory cannot build schematic {req.schematic_id} for Talos {image.version}: "
+                f"{e.upstream[1] or 'it answered 400'}"
+            ) from None
 
     async def _answer(self, request: Any, req: ImageRequest, image: ResolvedImage) -> bytes:
+        tracing.describe_image(request, image)
         if req.checksum:
             return await self._checksum(request, image)
         head = request.method == b"HEAD"
@@ -302,3 +329,33 @@ class TalosImages:
             request.responseHeaders.removeHeader("Content-Length")
             return b""
         return b"" if head else body
+
+    # --- the factory-compatible mirror and the PXE front door (talos_twisted.mirror) ----------
+
+    @app.route("/versions", methods=["GET"])
+    async def mirror_versions(self, request: Any) -> bytes:
+        return await self.mirror.answer(request, self.mirror.versions(request))
+
+    @app.route("/version/<version>/<any(extensions, overlays):kind>/official", methods=["GET"])
+    async def mirror_catalog(self, request: Any, version: str, kind: str) -> bytes:
+        return await self.mirror.answer(request, self.mirror.catalog(request, version, kind))
+
+    @app.route("/schematics", methods=["POST"])
+    async def mirror_post_schematic(self, request: Any) -> bytes:
+        return await self.mirror.answer(request, self.mirror.post_schematic(request))
+
+    @app.route("/schematics/<sid>", methods=["GET"])
+    async def mirror_schematic(self, request: Any, sid: str) -> bytes:
+        return await self.mirror.answer(request, self.mirror.get_schematic(request, sid))
+
+    @app.route("/image/<sid>/<version>/<path>", methods=["GET", "HEAD"])
+    async def mirror_image(self, request: Any, sid: str, version: str, path: str) -> bytes:
+        return await self.mirror.answer(request, self.mirror.image(request, sid, version, path))
+
+    @app.route("/pxe/<sid>/<version>/<target>", methods=["GET"])
+    async def pxe(self, request: Any, sid: str, version: str, target: str) -> bytes:
+        return await self.mirror.answer(request, self.mirror.pxe(request, sid, version, target))
+
+    @app.route("/pxe/profiles/<name>/<version>/<target>", methods=["GET"])
+    async def pxe_profile(self, request: Any, name: str, version: str, target: str) -> bytes:
+        return await self.mirror.answer(request, self.mirror.pxe_profile(request, name, version, target))

@@ -260,3 +260,33 @@ def test_rounds_never_overlap():
     clock.advance(100)
     assert prefetcher.calls == 3
     svc.stopService()
+
+
+PXE_ASSETS = PrefetchImage(version="v1.11.2", platform="metal", extensions=("qemu-guest-agent",),
+                           assets=("kernel", "initramfs", "cmdline"))
+
+
+@pytest.mark.stack(prefetch=(PXE_ASSETS,), image_size=1024 * 1024)
+@pytest_twisted.ensureDeferred
+async def test_prefetch_of_pxe_assets_makes_a_netboot_a_hit(stack):
+    await settle(stack)
+    assert [o.status for o in prefetch_service(stack).prefetcher.last_round] == [STARTED] * 3
+    assert stack.fake.counts["image_get"] == 3  # no disk image: not asked for
+    resp, script = await stack.get(f"{stack.url}/pxe/{QGA.id}/v1.11.2/metal-amd64")
+    assert resp.code == 200
+    for line in script.decode().splitlines():
+        if line.startswith(("kernel ", "initrd ")):
+            path = "/" + line.split()[1].split("/", 3)[3]
+            resp, body = await stack.get(stack.url + path)
+            assert header(resp, "X-Talos-Cache") == "HIT"
+            assert body == stack.fake.asset(QGA.id, "v1.11.2", path.rsplit("/", 1)[1])
+    assert stack.fake.counts["image_get"] == 3
+
+
+def test_prefetch_assets_are_checked(tmp_path):
+    from talos_twisted.config import ConfigError, load_config
+
+    conf = tmp_path / "c.yaml"
+    conf.write_text("talos:\n  prefetch:\n    - assets: [kernel, bios]\n")
+    with pytest.raises(ConfigError, match=r"prefetch\[0\]\.assets.*'bios' is not one of disk, kernel"):
+        load_config(str(conf), {})

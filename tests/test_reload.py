@@ -58,7 +58,8 @@ async def test_sighup_applies_a_changed_prefetch_list_and_sigterm_leaves_no_temp
     cache = tmp_path / "cache"
     base = f"http://127.0.0.1:{port.getHost().port}"
     config.write_text(f"listen: tcp:0:interface=127.0.0.1\ntalos:\n  base_url: {base}\n"
-                      f"  cache_directory: {cache}\n  prefetch: []\n")
+                      f"  cache_directory: {cache}\n  prefetch: []\n"
+                      "  shutdown_grace: 0\n")  # SIGTERM cancels the download (tests/test_shutdown.py: a grace)
     daemon = Daemon()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = reactor.spawnProcess(daemon, str(TWISTD), [str(TWISTD), "--nodaemon", "--pidfile=", "talos-images",

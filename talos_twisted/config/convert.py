@@ -126,6 +126,23 @@ def parse_base_url(value: Any) -> str:
     return text.rstrip("/")  # paths are appended as "/schematics", "/image/..."
 
 
+def parse_public_url(value: Any) -> str:
+    """`""` (the request's own Host) or an http(s) URL, as `parse_base_url`."""
+    if isinstance(value, str) and not value.strip():
+        return ""
+    return parse_base_url(value)
+
+
+PREFETCH_ASSETS = ("disk", "kernel", "initramfs", "cmdline")
+
+
+def parse_prefetch_asset(value: Any) -> str:
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text not in PREFETCH_ASSETS:
+        raise ValueError(f"{value!r} is not one of {', '.join(PREFETCH_ASSETS)}")
+    return str(text)
+
+
 def parse_compression(value: Any) -> str:
     text = value.strip().lower() if isinstance(value, str) else value
     if not isinstance(text, str) or not names.is_compression(text):
@@ -181,7 +198,10 @@ def _name_parser(is_valid: Callable[[str], bool], what: str) -> Parser[str]:
 
 parse_extension = _name_parser(names.is_extension_name, "an extension name like siderolabs/qemu-guest-agent")
 parse_overlay = _name_parser(names.is_overlay_name, "an overlay name like rpi_generic")
-parse_platform = _name_parser(names.is_platform_name, "a platform name (lowercase letters, digits and '-')")
+parse_platform = _name_parser(
+    names.is_platform_name,
+    "a platform name (lowercase letters, digits and '-'; 'secureboot' only last, as in metal-secureboot)",
+)
 
 
 def list_of(item: Parser[str], *, allow_empty: bool, most: int | None = None) -> Converter[tuple[str, ...]]:

@@ -25,6 +25,7 @@ from .convert import (
     optional,
     parse_arch,
     parse_base_url,
+    parse_public_url,
     parse_compression,
     parse_extension,
     parse_listen,
@@ -33,6 +34,7 @@ from .convert import (
     parse_path,
     parse_platform,
     parse_positive_int,
+    parse_prefetch_asset,
     parse_timeout,
     parse_version,
     via,
@@ -103,6 +105,12 @@ class PrefetchImage:
     platform: str = key("openstack", via(parse_platform), "one of the served `platforms`", env=False)
     extensions: tuple[str, ...] = key((), _extensions, "system extensions (short or full names)", env=False)
     overlay: str | None = key(None, optional(via(parse_overlay)), "e.g. `rpi_generic` (arm64 boards)", env=False)
+    assets: tuple[str, ...] = key(
+        ("disk",),
+        list_of(parse_prefetch_asset, allow_empty=False),
+        "what to fetch: `disk` (the `.raw`), and for PXE boots `kernel`, `initramfs`, `cmdline`",
+        env=False,
+    )
 
 
 PREFETCH_SCHEMA: tuple[Key, ...] = keys_of(PrefetchImage)
@@ -248,6 +256,12 @@ class TalosConfig:
         via(parse_duration),
         "how long a `.sha256` request waits for a running download before `503` + `Retry-After`",
     )
+    shutdown_grace: float = key(  # 0 is allowed: cancel running downloads at once
+        30.0,
+        via(parse_duration),
+        "on `SIGTERM`, how long running downloads and the clients being served get to finish before they are "
+        "cancelled; `0` = cancel at once",
+    )
     max_downloads: int = key(
         4, via(parse_positive_int), "simultaneous image downloads from the factory (at least 1); more wait their turn"
     )
@@ -288,6 +302,18 @@ class TalosConfig:
     max_post_body: int = key(
         64 * 1024, via(parse_size), "largest `POST` body (kept in memory, never on disk); larger gets `413`"
     )
+    mirror: bool = key(
+        True,
+        via(parse_bool),
+        "serve the factory-compatible mirror routes (`/versions`, `/schematics`, `/image/…`, `/pxe/…`); "
+        "`false` answers them `404`",
+    )
+    public_url: str = key(
+        "",
+        via(parse_public_url),
+        "this server's URL as provisioning clients reach it (e.g. `http://10.0.0.5:8080`), the base of the URLs "
+        "in `/pxe/…` scripts; empty = the request's scheme and `Host`",
+    )
     profiles: tuple[Profile, ...] = key(
         (),
         _convert_profiles,
@@ -301,6 +327,7 @@ class TalosConfig:
         "images fetched into the cache at start-up and checked again every `metadata_ttl` (at least 60 s)",
         env=False,  # a list of mappings has no sensible single-string form
     )
+
 
 
 @dataclass(frozen=True)

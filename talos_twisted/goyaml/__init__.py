@@ -2,12 +2,14 @@
 the Talos Image Factory: how it reads a document (typing, errors) and the exact text its
 ``Marshal`` writes, on which the factory's schematic IDs depend. Pure: no I/O.
 
-``load`` reads nodes, ``decode`` turns them into typed values, ``emit`` writes text.
+``load`` reads nodes, ``decode`` turns them into typed values, ``representer`` turns values into
+nodes (and chooses each scalar's style), ``emit`` writes their text.
 """
 
 from talos_twisted.goyaml.decode import AnyMap, ConstructError, Decoder
-from talos_twisted.goyaml.emit import Map, Rep, Scalar, Seq, dump, rep_str, represent
+from talos_twisted.goyaml.emit import dump
 from talos_twisted.goyaml.load import Node, load_first
+from talos_twisted.goyaml.representer import Map, Rep, Scalar, Seq, rep_str, represent
 from talos_twisted.goyaml.resolve import GoTime, GoYAMLError, format_float, resolve
 
 __all__ = [

@@ -10,7 +10,7 @@ Use it in-process (``Site(FakeFactory().resource())`` on ``tcp:0:interface=127.0
 ``StubTreq(FakeFactory().resource())`` in memory) or stand-alone with
 ``twistd -n talos-fake-factory --listen tcp:9080``.
 
-Modules: ``catalog`` (versions, extensions, overlays), ``profile`` (asset path grammar),
+Modules: ``catalog`` (versions, extensions, overlays), ``talos_twisted.assetpath`` (asset path grammar),
 ``images`` (deterministic images and compressed bodies), ``boot`` (kernel command line,
 iPXE script), ``faults`` (the body producer and its faults), ``factory`` (``FakeFactory``:
 state, knobs, ground truth), ``app`` (the Klein routes), ``plugin`` (twistd).
@@ -21,7 +21,7 @@ from .catalog import DEFAULT_VERSIONS, EXTENSION_ALIASES, extensions_catalog, ov
 from .factory import ROUTES, AssetKey, FakeFactory, schematic_facts
 from .images import COMPRESSIONS, KiB, MiB, ImageSpec, blob_spec, compress_image, layout, tar_gz_image
 from .plugin import Options, makeService
-from .profile import Profile, ProfileError, content_type, parse_profile
+from talos_twisted.assetpath import Profile, ProfileError, content_type, parse_profile
 
 __all__ = [
     "COMPRESSIONS",

@@ -6,6 +6,7 @@ error is raised as ``FactoryError`` and rendered by one ``handle_errors`` handle
 
 from __future__ import annotations
 
+import collections
 import json
 import uuid
 from typing import TYPE_CHECKING, Any, cast
@@ -31,7 +32,7 @@ from .boot import ipxe_script
 from .catalog import extensions_catalog, find_extension, overlays_catalog, overlays_supported
 from .faults import Body, BodyProducer
 from .factory import AssetKey, schematic_facts
-from .profile import Profile, ProfileError, content_type, parse_profile, split_sidecar
+from talos_twisted.assetpath import Profile, ProfileError, content_type, parse_profile, split_sidecar
 
 if TYPE_CHECKING:
     from .factory import FakeFactory
@@ -206,6 +207,15 @@ class FactoryApp:
         if not self.fake.ready:
             raise FactoryError(503, "not ready")
         return _reply(request, 200, b"", TEXT)
+
+    @app.route("/_fake/requests", methods=["GET"])
+    def recorded_requests(self, request: server.Request) -> bytes:
+        """Not the factory's: what this fake was asked so far, for a benchmark or demo in
+        another process (bench/scaleout). Read-only: ``{"requests": {"GET /path": n},
+        "counts": {kind: n}}``; paths without their query string."""
+        self._get_only(request)
+        seen = collections.Counter(f"{method} {path}" for method, path, _ in self.fake.requests)
+        return _json(request, {"requests": dict(seen), "counts": dict(self.fake.counts)})
 
     @app.route("/versions", methods=["GET"])
     def versions(self, request: server.Request) -> bytes:

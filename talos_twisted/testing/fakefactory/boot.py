@@ -9,7 +9,7 @@ arguments of each Talos release are not reproduced.
 from __future__ import annotations
 
 from .images import KiB, MiB
-from .profile import Profile
+from talos_twisted.assetpath import Profile
 
 # Raw sizes of the blob assets (kernel, UKI) and of the initramfs before xz; ISO and
 # installer scale with the fake's image size so big-image tests stay proportionate.

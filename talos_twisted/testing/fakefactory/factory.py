@@ -21,7 +21,7 @@ from .boot import asset_size, kernel_cmdline
 from .catalog import DEFAULT_VERSIONS
 from .faults import Body, BodyProducer, BytesBody, Fault, RawBody
 from .images import BODY_SHAPES, KiB, MiB, ImageSpec, blob_spec, compress_image, layout, tar_gz_image
-from .profile import Profile, parse_profile
+from talos_twisted.assetpath import Profile, parse_profile
 
 ROUTES = ("versions", "extensions", "overlays", "schematics", "image", "blob", "pxe")
 
@@ -91,6 +91,10 @@ class FakeFactory:
     - ``fail_next(n, status, route)``: the next ``n`` requests of ``route`` answer ``status``
       with a plain-text line, before any validation or build delay ("image" counts GET and
       HEAD, "schematics" POST and GET, "blob" GET and HEAD).
+    - ``outage_status``: while set (e.g. 503), every request of every route but
+      ``/healthz`` and ``/readyz`` answers it with a plain-text line, as ``fail_next`` does
+      (counted as usual): the factory down behind a load balancer that still answers. Set
+      it back to None to end the outage.
     - ``cut_next`` / ``short_next`` / ``stall_next`` (one FIFO queue) and ``corrupt_next``
       (its own queue) apply to the next GET bodies of ``/image`` (200) or ``/blob`` (200/206),
       never to HEAD or 302. ``after_bytes`` counts body bytes of that response; headers always
@@ -113,6 +117,7 @@ class FakeFactory:
     reproducible: bool = True  # False: every image GET after the first is a new build (new generation)
     body_shape: str = "factory"  # one of BODY_SHAPES
     stream_size: int | None = None  # raw bytes per xz stream / zstd frame of "multi"; None = auto
+    outage_status: int | None = None  # every route answers this status while set (an outage)
 
     def __init__(
         self,
@@ -201,6 +206,8 @@ class FakeFactory:
         return FactoryApp(self).resource()
 
     def _take_failure(self, route: str) -> int | None:
+        if self.outage_status is not None:
+            return self.outage_status
         q = self._failures[route]
         return q.popleft() if q else None
 

@@ -1,6 +1,6 @@
-"""The asset path grammar of ``/image/{schematic}/{version}/{path}`` (pure, no I/O).
+"""The image factory's asset path grammar of ``/image/{schematic}/{version}/{path}`` (pure).
 
-Follows ``docs/factory-api.md`` ("Asset paths and compression"), parsed in the order of the
+Shared by the factory mirror and the fake factory. Follows ``docs/factory-api.md`` ("Asset paths and compression"), parsed in the order of the
 factory's ``internal/profile/profile.go``: boot assets by prefix (``kernel-``, ``cmdline-``,
 ``initramfs-``), then ``.iso``, ``-uki.efi``, the installer tar, and otherwise a disk image
 read from the end (compression suffix, disk format, ``-secureboot``, arch, platform).
@@ -8,7 +8,10 @@ read from the end (compression suffix, disk format, ``-secureboot``, arch, platf
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from talos_twisted.names import is_platform_name
 
 # Upstream checks these suffixes before anything else, on the community build as 402.
 CHECKSUM_SUFFIXES = (".sha512", ".sha256")
@@ -102,6 +105,34 @@ def parse_profile(path: str) -> Profile:
             platform, arch, secureboot = _platform_arch(base)
             return Profile("image", arch, platform, secureboot, disk, out_format)
     raise ProfileError(f'invalid profile path: "{rest}"')
+
+
+# An asset name the mirror keeps becomes a file name in the cache: a safe alphabet (no "/",
+# no leading "."), a bounded length.
+ASSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
+
+
+def check_asset_path(path: str) -> Profile:
+    """The profile of an asset path the mirror may keep as a cache file (the factory's
+    grammar, and a safe file name); ProfileError in the factory's wording otherwise."""
+    profile = parse_profile(path)
+    # ".tmp-" marks the cache's temporary files and ".json" its sidecars (cachefs.TEMP_MARK,
+    # cache.SIDECAR): an asset named so would be taken for one
+    if not ASSET_NAME.fullmatch(path) or ".tmp-" in path or path.endswith(".json"):
+        raise ProfileError(f'invalid profile path: "{path}"')
+    return profile
+
+
+def is_decompressed_image(profile: Profile) -> bool:
+    """A plain ``.raw``: the decompressed image of its platform (our image entry), not an asset kept byte-exact."""
+    return profile.kind == "image" and profile.disk_format == "raw" and profile.out_format == "none"
+
+
+def asset_platform(profile: Profile) -> str:
+    """The platform of an asset's cache key: its own (``-secureboot`` appended) when a valid
+    platform name, else ``metal`` (boot assets, installers)."""
+    name = profile.platform + ("-secureboot" if profile.secureboot else "")
+    return name if is_platform_name(name) else "metal"
 
 
 # Content-Type by extension, as upstream's internal/mime (".zst" per docs/factory-api.md;
