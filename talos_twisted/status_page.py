@@ -67,7 +67,7 @@ _BODY = """
   <div id="out-image" class="out mono"></div>
   <div>checksum (<code>.sha256</code>) <button type="button" data-copy="out-sha256">copy</button></div>
   <div id="out-sha256" class="out mono"></div>
-  <div>PXE (served by the factory) <button type="button" data-copy="out-pxe">copy</button></div>
+  <div>PXE (iPXE script served by this server) <button type="button" data-copy="out-pxe">copy</button></div>
   <div id="out-pxe" class="out mono"></div>
   <div id="pxe-note" class="note"></div>
   <div>metal3 BareMetalHost <button type="button" data-copy="out-metal3">copy</button></div>
@@ -299,11 +299,10 @@ function updateBuilder() {
   const sorted = exts.slice().sort().join(",");
   const hit = (lastDoc ? lastDoc.entries : []).find((e) => e.version === concrete && e.arch === arch &&
     e.platform === platform && (e.overlay || "") === overlay && e.extensions.slice().sort().join(",") === sorted);
-  const factory = lastDoc ? lastDoc.factory.base_url : "<factory>";
   const set = (id, text) => { if ($(id).textContent !== text) $(id).textContent = text; };
   set("out-image", image);
   set("out-sha256", sha);
-  set("out-pxe", factory + "/pxe/" + (hit ? hit.schematic : "<schematic-id>") + "/" + (concrete || "<version>") +
+  set("out-pxe", location.origin + "/pxe/" + (hit ? hit.schematic : "<schematic-id>") + "/" + (concrete || "<version>") +
       "/" + platform + "-" + arch);
   set("pxe-note", hit ? "schematic ID of the cached image (default extensions included)." :
       "<schematic-id> is the X-Talos-Schematic header of the image's response; it is filled in here once the " +

@@ -183,7 +183,7 @@ async def test_builder_url_downloads_the_chosen_image(stack, browser):
     metal3 = await browser.call(lambda: d.find_element(By.ID, "out-metal3").text)
     assert f'url: "{want}"' in metal3 and f'checksum: "{sha_url}"' in metal3
     assert "checksumType: sha256" in metal3 and "format: raw" in metal3
-    assert await browser.text("out-pxe") == f"{stack.factory_url}/pxe/<schematic-id>/v1.11.2/metal-arm64"
+    assert await browser.text("out-pxe") == f"{stack.url}/pxe/<schematic-id>/v1.11.2/metal-arm64"
 
     # the URL is the image chosen: its schematic, its bytes, its checksum
     resp, body = await stack.get(want)
@@ -195,13 +195,18 @@ async def test_builder_url_downloads_the_chosen_image(stack, browser):
     resp, text = await stack.get(sha_url)
     assert text.decode() == f"{sha256(body)}  metal.raw\n"
 
-    # once cached, the page knows the schematic ID: the PXE URL is complete, and the factory serves it
-    pxe = f"{stack.factory_url}/pxe/{sid}/v1.11.2/metal-arm64"
+    # once cached, the page knows the schematic ID: the PXE URL is complete, this server
+    # answers the script, and its kernel URL is this server's copy of the factory's kernel
+    doc = json.loads((await stack.get(stack.url + "/status.json"))[1])
+    assert [e["schematic"] for e in doc["entries"]] == [sid]
+    pxe = f"{stack.url}/pxe/{sid}/v1.11.2/metal-arm64"
     await browser.wait("the PXE URL", lambda d: d.find_element(By.ID, "out-pxe").text == pxe)
     resp, script = await stack.get(pxe)
     assert resp.code == 200 and script.startswith(b"#!ipxe"), script[:80]
-    doc = json.loads((await stack.get(stack.url + "/status.json"))[1])
-    assert [e["schematic"] for e in doc["entries"]] == [sid]
+    kernel = next(line.split()[1] for line in script.decode().splitlines() if line.startswith("kernel "))
+    assert kernel == f"{stack.url}/image/{sid}/v1.11.2/kernel-arm64"
+    resp, body = await stack.get(kernel)
+    assert resp.code == 200 and body == stack.fake.asset(sid, "v1.11.2", "kernel-arm64")
     await browser.check_console()
 
 
