@@ -108,12 +108,18 @@ async def serve_entry(
         request.setHeader("Content-Range", f"bytes */{size}")
         raise RangeNotSatisfiable(f"the requested range is not within the image's {size} bytes")
     stamp_date(request)
+    if plan.status in (304, 412):
+        # no body: no representation metadata of one either (RFC 9110 §15.4.5)
+        for name in ("Content-Type", "Content-Disposition", "Content-Length"):
+            request.responseHeaders.removeHeader(name)
     if plan.status == 412:
         request.setResponseCode(412)
+        request.setHeader("Content-Length", "0")
         return 0
     request.setResponseCode(plan.status)
     for name, value in plan.headers:
-        request.setHeader(name, value)
+        if plan.status != 304 or name.lower() not in ("content-type", "content-length"):
+            request.setHeader(name, value)
     if plan.status == 304 or request.method == b"HEAD":
         return 0
     source = FileSource(entry.path, size)

@@ -323,6 +323,8 @@ async def test_conditional_requests_answer_304(stack):
         assert h304["etag"] == etag and h304["cache-control"] == "no-cache"
         assert h304["content-location"] == h["content-location"]
         assert h304["x-talos-version"] == "v1.11.2"
+        # ... but no metadata of a body it does not have (RFC 9110 §15.4.5; REDbot warns)
+        assert not {"content-type", "content-disposition", "content-length"} & set(h304), h304
     for conditions in (
         {"If-None-Match": '"other"'},
         {"If-Modified-Since": earlier},
