@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from urllib.parse import urlsplit
-from typing import Any, Awaitable, Callable, Coroutine, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Protocol as TypingProtocol, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -32,6 +32,10 @@ from talos_twisted.metrics import Metrics, error_kind
 from talos_twisted.observe import OneShot
 from talos_twisted.schematic import Schematic
 
+if TYPE_CHECKING:
+    # treq's own annotation of HTTPClient.get/post (the class is not exported under a public name)
+    from treq.response import _Response
+
 _T = TypeVar("_T")
 
 # metadata and image requests: a few attempts, quickly
@@ -43,12 +47,22 @@ class _Discard(Protocol):
         cast(IPushProducer, self.transport).stopProducing()
 
 
+class FactoryHTTP(TypingProtocol):
+    """What `FactoryClient` calls of its HTTP client: a `treq.client.HTTPClient`, a
+    `treq.testing.StubTreq` in tests, or `tracing.traced_http`'s wrapper of either. The
+    keywords are treq's (`headers`, `data`, `timeout`, `unbuffered`, `reactor`, ...): not
+    spelled out, since treq types `reactor` as more than the IReactorTime it needs here."""
+
+    def get(self, url: str, *args: Any, **kwargs: Any) -> Deferred[_Response]: ...
+    def post(self, url: str, *args: Any, **kwargs: Any) -> Deferred[_Response]: ...
+
+
 class FactoryClient:
     log = Logger()
 
     def __init__(
         self,
-        http: Any,  # treq.HTTPClient (or StubTreq) — injected
+        http: FactoryHTTP,  # injected
         base_url: str,
         clock: IReactorTime,
         store: MetadataStore | None = None,
@@ -309,7 +323,7 @@ class FactoryClient:
                 body = await resp.content()
                 if resp.code != 200:
                     raise status_error(resp.code, body, what, self.host)
-                return cast(bytes, body).decode("utf-8", "replace")
+                return body.decode("utf-8", "replace")
 
             return await self._with_retries(what, once)
 
@@ -385,5 +399,4 @@ class FactoryClient:
         if resp.code != 206 or start != first or resp.length is UNKNOWN_LENGTH or resp.length > wanted:
             resp.original.deliverBody(_Discard())
             return None
-        body = await resp.content()
-        return cast(bytes, body)
+        return await resp.content()

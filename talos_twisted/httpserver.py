@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 from enum import Enum
 from io import BytesIO
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http import HTTPChannel, datetimeToString
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -36,6 +37,10 @@ from talos_twisted.logs import access_event
 from talos_twisted.metrics import Metrics
 
 __all__ = ["ServerLimits", "TargetError", "make_site", "origin_form", "request_line_error"]
+
+# Any stays for the connection's transport where Twisted types it too narrowly (IPushProducer,
+# ITransport: it is the TCP transport, also an IConsumer and an ITCPTransport) and for the
+# arguments passed through to Twisted's Request.
 
 # module-level: a Logger class attribute would take its class's name as namespace
 _access_log = Logger(namespace="talos_twisted.access")
@@ -197,7 +202,7 @@ class LimitedChannel(HTTPChannel):
             HTTPChannel.setTimeout(self, self.limits.request_body_timeout)
         HTTPChannel.allHeadersReceived(self)
 
-    def _head_error(self, request: Any) -> Fault | None:
+    def _head_error(self, request: http.Request) -> Fault | None:
         hosts = request.requestHeaders.getRawHeaders(b"host") or []
         if len(hosts) > 1:
             return 400, "the request has more than one Host header", "http_syntax"
@@ -221,7 +226,7 @@ class LimitedChannel(HTTPChannel):
             self._phase = _Phase.BUSY  # Twisted stops the timer before handing the request over
             HTTPChannel.allContentReceived(self)
 
-    def requestDone(self, request: Any) -> None:
+    def requestDone(self, request: http.Request) -> None:
         # Twisted restarts the timer with _savedTimeOut and replays pipelined bytes
         self._phase = _Phase.IDLE
         self._savedTimeOut = self.limits.idle_timeout
@@ -235,9 +240,10 @@ class LimitedRequest(Request):
     which never reports the client's Host header as its host name, and which is logged once
     (by the site) when it is finished or its connection is lost."""
 
-    def __init__(self, channel: Any, *args: Any, **kwargs: Any):
+    def __init__(self, channel: HTTPChannel, *args: Any, **kwargs: Any):  # as Twisted's Request
         Request.__init__(self, channel, *args, **kwargs)
-        self.received_at: float = channel.site.clock.seconds()  # the request line arrived
+        # only a LimitedChannel makes one (it is LimitedSite's requestFactory)
+        self.received_at: float = cast(LimitedChannel, channel).site.clock.seconds()  # the request line arrived
         self.unlogged = False  # processed and not yet in the access log
         self.trace_span: tracing.Span | None = None  # from process() to the access log
 
@@ -249,7 +255,7 @@ class LimitedRequest(Request):
         channel = self.channel
         if not isinstance(channel, LimitedChannel) or channel.closing:
             return
-        content: Any = self.content
+        content = cast(BytesIO, self.content)  # gotLength's (Twisted types it Any | None)
         limit = channel.limits.max_post_body
         if content.tell() + len(data) > limit:
             channel.refuse(413, f"the request body is larger than {limit} bytes", "max_post_body")
@@ -348,12 +354,13 @@ class LimitedSite(Site):
         if self.metrics is not None:
             self.metrics.connection_refused(limit)
 
-    def log(self, request: Any) -> None:
+    def log(self, request: http.Request) -> None:
         # twisted.web calls this from Request.finish; its combined-log line is not written
-        self.access(request, completed=True)
+        if isinstance(request, LimitedRequest):  # every request of this site is (requestFactory)
+            self.access(request, completed=True)
 
-    def access(self, request: Any, completed: bool) -> None:
-        if not getattr(request, "unlogged", False):
+    def access(self, request: LimitedRequest, completed: bool) -> None:
+        if not request.unlogged:
             return  # refused before processing (the refusal is logged), or logged already
         request.unlogged = False
         duration = self.clock.seconds() - request.received_at

@@ -21,7 +21,7 @@ import math
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Mapping, TextIO
+from typing import TYPE_CHECKING, Any, Mapping, TextIO
 
 from twisted.application.service import MultiService
 from twisted.logger import FileLogObserver, ILogObserver, formatEvent, textFileLogObserver
@@ -29,6 +29,10 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from talos_twisted.metrics import route_name
+
+if TYPE_CHECKING:
+    from twisted.web.http_headers import Headers
+    from twisted.web.server import Request
 
 __all__ = [
     "LoggingRoot", "access_event", "json_line", "json_logger", "json_observer", "observer_for",
@@ -151,7 +155,7 @@ class LoggingRoot(MultiService):
         MultiService.__init__(self)
         self.observer = observer
 
-    def setServiceParent(self, parent: Any) -> Any:
+    def setServiceParent(self, parent: Any) -> Any:  # as Twisted's (unannotated) Service
         if self.observer is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self.observer)
         return MultiService.setServiceParent(self, parent)
@@ -160,19 +164,19 @@ class LoggingRoot(MultiService):
 # --- the access log -------------------------------------------------------------------------
 
 
-def _first(headers: Any, name: bytes) -> str | None:
+def _first(headers: Headers, name: bytes) -> str | None:
     values = headers.getRawHeaders(name)
     return values[0].decode("latin-1")[:_MAX_HEADER] if values else None
 
 
-def _client(request: Any) -> str:
+def _client(request: Request) -> str:
     addr = request.getClientAddress()
     host = getattr(addr, "host", None)
     return host if isinstance(host, str) else type(addr).__name__
 
 
-def access_event(request: Any, duration: float, completed: bool) -> tuple[str, dict[str, Any]]:
-    """(format, fields) of the one access-log event of a request (a twisted.web Request).
+def access_event(request: Request, duration: float, completed: bool) -> tuple[str, dict[str, Any]]:
+    """(format, fields) of the one access-log event of a request.
 
     `path` is the target with its query (which is part of an image's identity), capped at
     MAX_LOGGED_TARGET characters; `completed` is False when the connection was lost first.

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import uuid
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -37,6 +37,10 @@ from talos_twisted.resolver import ImageResolver
 from talos_twisted.schematic import Schematic, SchematicError, parse_schematic
 from talos_twisted.serve import serve_entry, serve_live, stamp_date
 from talos_twisted.versions import InvalidVersion, Version
+
+if TYPE_CHECKING:
+    from twisted.web.iweb import IRequest
+    from twisted.web.server import Request
 
 TEXT = "text/plain; charset=utf-8"
 INTERNAL = "internal server error"  # the factory's body for a 500 it does not explain
@@ -74,7 +78,8 @@ def as_mirror_error(e: TalosError) -> MirrorError:
     return MirrorError(e.status, e.message, e.retry_after)
 
 
-def render_text(request: Any, error: MirrorError) -> bytes:
+def render_text(request: IRequest, error: MirrorError) -> bytes:
+    # an IRequest: Klein's error handlers (talos_twisted.web) get the request typed as one
     request.setResponseCode(error.status)
     for h in _BODY_HEADERS:
         request.responseHeaders.removeHeader(h)
@@ -143,7 +148,7 @@ class FactoryMirror:
     def config(self) -> TalosConfig:
         return self._config()
 
-    async def answer(self, request: Any, work: Awaitable[bytes]) -> bytes:
+    async def answer(self, request: Request, work: Awaitable[bytes]) -> bytes:
         """Run a mirror route; every error becomes the factory's plain-text answer."""
         rid = request.getHeader("x-request-id")
         request.setHeader("X-Request-ID", rid if rid and len(rid) <= 200 and rid.isprintable() else str(uuid.uuid4()))
@@ -164,14 +169,14 @@ class FactoryMirror:
 
     # --- metadata ------------------------------------------------------------------------
 
-    def _json(self, request: Any, doc: Any, status: int = 200, ctype: str = "application/json") -> bytes:
+    def _json(self, request: Request, doc: object, status: int = 200, ctype: str = "application/json") -> bytes:
         body = (json.dumps(doc, separators=(",", ":")) + "\n").encode("utf-8")
         request.setResponseCode(status)
         request.setHeader("Content-Type", ctype)
         request.setHeader("Content-Length", str(len(body)))
         return body
 
-    async def versions(self, request: Any) -> bytes:
+    async def versions(self, request: Request) -> bytes:
         # the factory sets no Content-Type here (Go sniffs text/plain)
         return self._json(request, await self.factory.versions(), ctype=TEXT)
 
@@ -179,12 +184,12 @@ class FactoryMirror:
         if version not in await self.factory.versions():
             raise MirrorError(404, f"version {version[1:]} is not available")
 
-    async def catalog(self, request: Any, version: str, kind: str) -> bytes:
+    async def catalog(self, request: Request, version: str, kind: str) -> bytes:
         v = mirror_version(version)
         await self._known_version(v)
         return self._json(request, (await self.factory.catalog_lists(v))[kind])
 
-    async def post_schematic(self, request: Any) -> bytes:
+    async def post_schematic(self, request: Request) -> bytes:
         body = request.content.read() if request.content is not None else b""
         try:
             schematic = parse_schematic(body)
@@ -208,7 +213,7 @@ class FactoryMirror:
         await within(forwarded, FORWARD_WAIT, self.clock)  # not in time: it goes on
         return self._json(request, {"id": schematic.id, "schematic": schematic.to_yaml()}, status=201)
 
-    async def get_schematic(self, request: Any, sid: str) -> bytes:
+    async def get_schematic(self, request: Request, sid: str) -> bytes:
         if not _SCHEMATIC_ID.fullmatch(sid):
             raise MirrorError(404, "schematic not found")
         try:
@@ -238,7 +243,7 @@ class FactoryMirror:
 
     # --- assets --------------------------------------------------------------------------
 
-    async def image(self, request: Any, sid: str, version: str, path: str) -> bytes:
+    async def image(self, request: Request, sid: str, version: str, path: str) -> bytes:
         asset, sidecar = split_sidecar(path)
         if sidecar:  # the community factory's answer, checked first as there
             raise MirrorError(402, ENTERPRISE[sidecar])
@@ -265,12 +270,12 @@ class FactoryMirror:
                              max_ranges=self.config.max_ranges)
         return b""
 
-    async def _serve_hit(self, request: Any, entry: CacheEntry) -> None:
+    async def _serve_hit(self, request: Request, entry: CacheEntry) -> None:
         await serve_entry(request, entry, cache=self.cache, clock=self.clock,
                           stall_timeout=self.config.client_stall_timeout, max_ranges=self.config.max_ranges)
 
     @staticmethod
-    def _describe(request: Any, key: ImageKey, path: str, outcome: str) -> None:
+    def _describe(request: Request, key: ImageKey, path: str, outcome: str) -> None:
         request.setHeader("Content-Type", content_type(path))
         request.setHeader("Content-Disposition", f'attachment; filename="{path}"')
         request.setHeader("X-Talos-Version", key.version)
@@ -280,13 +285,13 @@ class FactoryMirror:
 
     # --- the PXE front door ----------------------------------------------------------------
 
-    async def pxe(self, request: Any, sid: str, version: str, target: str) -> bytes:
+    async def pxe(self, request: Request, sid: str, version: str, target: str) -> bytes:
         if not _SCHEMATIC_ID.fullmatch(sid):
             raise MirrorError(404, f'schematic ID "{sid}" not found')
         schematic = await self._schematic(sid)
         return await self._pxe(request, schematic, mirror_version(version), target)
 
-    async def pxe_profile(self, request: Any, name: str, version: str, target: str) -> bytes:
+    async def pxe_profile(self, request: Request, name: str, version: str, target: str) -> bytes:
         profile = next((p for p in self.config.profiles if p.name == name), None)
         if profile is None:
             raise MirrorError(404, f"profile {name!r} not found")
@@ -298,7 +303,7 @@ class FactoryMirror:
         self.factory.remember_schematic(resolved.schematic)
         return await self._pxe(request, resolved.schematic, resolved.version, target)
 
-    async def _pxe(self, request: Any, schematic: Schematic, version: str, target: str) -> bytes:
+    async def _pxe(self, request: Request, schematic: Schematic, version: str, target: str) -> bytes:
         boot = asset_profile("cmdline-" + target)
         base = base_url(self.config.public_url, request.getHeader("host"), request.isSecure())
         cmdline_image = ResolvedImage(version, boot.arch, _platform(boot), schematic, asset="cmdline-" + target)
@@ -319,7 +324,7 @@ class FactoryMirror:
         return body
 
     def _warm(self, image: ResolvedImage) -> None:
-        def failed(f: Any) -> None:
+        def failed(f: Failure) -> None:
             self.log.warn("could not start {key}: {error}", key=str(image.key), error=f.getErrorMessage())
 
         Deferred.fromCoroutine(self.downloads.follow(image, Need.NOTHING, None)).addErrback(failed)

@@ -14,12 +14,14 @@ guarded: a failing round is logged and the loop keeps running.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Iterable
 
 from twisted.application import service
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from talos_twisted.cache import CacheStore
 from talos_twisted.config import PrefetchImage
@@ -78,7 +80,7 @@ class Prefetcher:
         resolver: ImageResolver,
         downloads: Downloads,
         cache: CacheStore,
-        clock: Any,  # IReactorTime, injected
+        clock: IReactorTime,  # injected
         platforms: Iterable[str],
     ):
         self.items = tuple(items)
@@ -159,7 +161,7 @@ class PrefetchService(service.Service):
 
     log = Logger()
 
-    def __init__(self, prefetcher: Any, interval: float, clock: Any):  # a Prefetcher; IReactorTime
+    def __init__(self, prefetcher: Prefetcher, interval: float, clock: IReactorTime):
         self.setName("prefetch")
         self.prefetcher = prefetcher
         self.interval = interval
@@ -182,7 +184,7 @@ class PrefetchService(service.Service):
         # _guarded_round never fails, so this Deferred only fires when the loop is stopped
         loop.start(self.interval, now=True)
 
-    def stopService(self) -> Any:
+    def stopService(self) -> None:
         super().stopService()
         self.prefetcher.stopped = True
         if self._loop is not None and self._loop.running:
@@ -195,19 +197,19 @@ class PrefetchService(service.Service):
     def _guarded_round(self) -> Deferred[None]:
         if self._round is not None:  # one round at a time (run_now may have started one)
             return self.idle()
-        d = self._round = Deferred.fromCoroutine(self.prefetcher.run_round())
-        self._idle = OneShot()
 
-        def failed(f: Any) -> None:
+        def failed(f: Failure) -> None:
             if not f.check(CancelledError):
                 self.log.failure("prefetch round failed; the next one runs in {interval:g}s", f, interval=self.interval)
 
-        def done(_: Any) -> None:
+        def done(_: object) -> None:
             self._round = None
             self.rounds += 1
             self._idle.fire(None)
 
-        d.addCallbacks(lambda _: None, failed)
+        # addCallbacks returns the same Deferred, whose result is None from then on
+        d = self._round = Deferred.fromCoroutine(self.prefetcher.run_round()).addCallbacks(lambda _: None, failed)
+        self._idle = OneShot()
         d.addBoth(done)
         return d
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
+
 from talos_twisted.catalog import UnknownName
 from talos_twisted.config import Profile
 from talos_twisted.errors import NotFound, UpstreamError
@@ -19,7 +21,9 @@ _MEMO_SIZE = 4096  # resolutions remembered; the memo is dropped whole when it f
 
 
 class ImageResolver:
-    def __init__(self, factory: FactoryClient, default_extensions: tuple[str, ...] = (), clock: Any = None):
+    def __init__(
+        self, factory: FactoryClient, default_extensions: tuple[str, ...] = (), clock: IReactorTime | None = None
+    ):
         self._factory = factory
         self._defaults = default_extensions
         self._clock = clock

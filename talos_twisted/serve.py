@@ -10,7 +10,7 @@ only validators (ETag, Last-Modified, conditional requests) wait for the image's
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http import datetimeToString
@@ -22,25 +22,29 @@ from talos_twisted.http_ranges import plan_response
 from talos_twisted.downloads import LiveSource
 from talos_twisted.stream import FileSource, Span, Streamer
 
+if TYPE_CHECKING:
+    from twisted.web.iweb import IRequest
+    from twisted.web.server import Request
+
 
 class RangeNotSatisfiable(TalosError):
     status = 416
 
 
-def _header(request: Any, name: bytes) -> str | None:
+def _header(request: Request, name: bytes) -> str | None:
     raw = request.requestHeaders.getRawHeaders(name)
     # latin-1 maps every byte to a character: any header value can be looked at
     return raw[0].decode("latin-1") if raw else None
 
 
-def stamp_date(request: Any) -> None:
+def stamp_date(request: IRequest) -> None:
     """`Date` as the head is sent: twisted.web stamps it when the request arrived, and an
     answer may have waited for the factory since (RFC 9110 §6.6.1)."""
     request.setHeader("Date", datetimeToString())
 
 
 async def serve_live(
-    request: Any,  # twisted.web.server.Request
+    request: Request,
     source: LiveSource,
     *,
     clock: IReactorTime,
@@ -77,7 +81,7 @@ async def serve_live(
 
 
 async def serve_entry(
-    request: Any,  # twisted.web.server.Request
+    request: Request,
     entry: CacheEntry,
     *,
     cache: CacheStore,

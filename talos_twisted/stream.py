@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Protocol as TypingProtocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol as TypingProtocol, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
 
 # 256 KiB: per-call overhead dominated at 64 KiB (bench/hits.py: 0.58 -> 0.76 of nginx)
 CHUNK = 256 * 1024
@@ -77,7 +80,7 @@ class Streamer:
 
     def __init__(
         self,
-        request: Any,  # twisted.web.server.Request (unannotated in Twisted)
+        request: Request,
         fd: int,
         source: Source,
         clock: IReactorTime,

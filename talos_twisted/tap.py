@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import fields, replace
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, cast
 
 import twisted
 
@@ -15,6 +16,9 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
+from twisted.internet.interfaces import (
+    IListeningPort, IProtocolFactory, IReactorFromThreads, IReactorThreads, IReactorTime, IStreamServerEndpoint,
+)
 from twisted.internet.task import deferLater
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -23,19 +27,31 @@ from twisted.logger import Logger
 
 from talos_twisted import __version__, tracing
 from talos_twisted.cache import CacheRootError, CacheStore
-from talos_twisted.config import Config, ConfigError, load_config
+from talos_twisted.config import Config, ConfigError, TalosConfig, load_config
 from talos_twisted.download import Download, DownloadContext
 from talos_twisted.downloads import Downloads
-from talos_twisted.factory import FactoryClient
+from talos_twisted.factory import FactoryClient, FactoryHTTP
 from talos_twisted.metastore import MetadataStore
 from talos_twisted.connlimits import ServerLimits
-from talos_twisted.httpserver import LimitedSite, make_site
+from talos_twisted.httpserver import LimitedChannel, LimitedSite, make_site
 from talos_twisted.prefetch import PrefetchService, Prefetcher
 from talos_twisted.scrub import ScrubService
 from talos_twisted.logs import LoggingRoot, observer_for, progress_line
 from talos_twisted.metrics import Metrics
 from talos_twisted.transfer import ResumePolicy, State
 from talos_twisted.web import TalosImages
+
+# Any stays where Twisted's own Service methods are unannotated: what an overridden
+# stopService returns (and MultiService.stopService's DeferredList) is typed Any there.
+
+if TYPE_CHECKING:
+
+    class IDaemonReactor(IReactorTime, IReactorThreads):
+        """What the service tree uses of the reactor: its clock, and its threads (downloads
+        hand work to threads and results back with callFromThread; so does a SIGHUP). A
+        make-believe interface for the type checker only, as twisted.internet's own
+        `_IReactorCommon` (which leaves out the threads every reactor has). Building the
+        factory's Agent (`http` None) also needs IReactorTCP and a name resolver."""
 
 
 class Options(usage.Options):
@@ -81,7 +97,7 @@ class IOPoolService(service.Service):
         super().startService()
         self.pool.start()
 
-    def stopService(self) -> Any:
+    def stopService(self) -> None:
         super().stopService()
         self.pool.stop()
 
@@ -102,7 +118,7 @@ class DownloadsService(service.Service):
     def __init__(self, downloads: Downloads):
         self.downloads = downloads
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[list[None]]:
         super().stopService()
         return self.downloads.stop()
 
@@ -112,7 +128,7 @@ class ProgressService(service.Service):
 
     log = Logger()
 
-    def __init__(self, downloads: Downloads, interval: float, clock: Any):
+    def __init__(self, downloads: Downloads, interval: float, clock: IReactorTime):
         self.downloads = downloads
         self.interval = interval
         self.clock = clock
@@ -124,7 +140,7 @@ class ProgressService(service.Service):
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=False)
 
-    def stopService(self) -> Any:
+    def stopService(self) -> None:
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
@@ -150,10 +166,12 @@ class HTTPPoolService(service.Service):
         return self.pool.closeCachedConnections()
 
 
-def build(config: Config, reactor: Any, http: Any = None) -> tuple[service.MultiService, TalosImages]:
+def build(
+    config: Config, reactor: IDaemonReactor, http: FactoryHTTP | None = None
+) -> tuple[service.MultiService, TalosImages]:
     """The service tree (without a listener) and the web app, for `makeService` and tests.
 
-    `http`: the HTTP client of the factory (a treq HTTPClient; tests pass a StubTreq).
+    `http`: the HTTP client of the factory (None: a treq HTTPClient of `reactor`; tests pass a StubTreq).
     """
     talos = config.talos
     top = service.MultiService()
@@ -234,7 +252,9 @@ class ReloadService(service.Service):
 
     log = Logger()
 
-    def __init__(self, app: TalosImages, path: str | None, overrides: dict[str, Any], reactor: Any):
+    def __init__(
+        self, app: TalosImages, path: str | None, overrides: dict[str, str | None], reactor: IReactorFromThreads
+    ):
         self.app = app
         self.path = path
         self.overrides = overrides
@@ -244,7 +264,7 @@ class ReloadService(service.Service):
         super().startService()
         import signal
 
-        def handler(signum: int, frame: Any) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
             self.reactor.callFromThread(self.reload)
 
         # at once, not when the reactor runs: twistd starts the services (and logs "listening
@@ -276,7 +296,7 @@ class ReloadService(service.Service):
         )
 
 
-def server_limits(talos: Any) -> ServerLimits:
+def server_limits(talos: TalosConfig) -> ServerLimits:
     return ServerLimits(
         request_header_timeout=talos.request_header_timeout,
         request_body_timeout=talos.request_body_timeout,
@@ -315,11 +335,11 @@ class Listener(service.Service):
     """The listening port, bound by `makeService` before twistd logs or daemonizes, so that
     a port in use or a bad address stops start-up with one line and no half-started daemon."""
 
-    def __init__(self, endpoint: Any, factory: Any, description: str):
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory, description: str):
         self.endpoint = endpoint
         self.factory = factory
         self.description = description
-        self.port: Any = None
+        self.port: IListeningPort | None = None
 
     def listen_now(self) -> None:
         failures: list[Failure] = []
@@ -333,14 +353,14 @@ class Listener(service.Service):
         if self.port is None:  # not bound by makeService (tests building the tree by hand)
             self.listen_now()
 
-    def stop_listening(self) -> Any:
+    def stop_listening(self) -> Deferred[None] | None:
         """Close the port (once): new connections are refused, open ones go on."""
         port, self.port = self.port, None
         if port is not None:
             return port.stopListening()
         return None
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         return self.stop_listening()
 
@@ -357,7 +377,7 @@ class GracefulStop(service.MultiService):
     log = Logger()
     poll_interval = 0.1  # how often open client connections are looked at while draining
 
-    def __init__(self, listener: Listener, downloads: Downloads, grace: float, clock: Any):
+    def __init__(self, listener: Listener, downloads: Downloads, grace: float, clock: IReactorTime):
         super().__init__()
         self.listener = listener
         self.downloads = downloads
@@ -373,11 +393,11 @@ class GracefulStop(service.MultiService):
             await self._drain()
         return await service.MultiService.stopService(self)
 
-    def _channels(self) -> set[Any]:
+    def _channels(self) -> set[LimitedChannel]:
         site = self.listener.factory
         return site.channels if isinstance(site, LimitedSite) else set()
 
-    def _close_idle(self, channels: set[Any], closed: set[Any]) -> None:
+    def _close_idle(self, channels: set[LimitedChannel], closed: set[LimitedChannel]) -> None:
         """Connections between requests are closed; those with a request close after it."""
         for channel in list(channels):
             if channel in closed:
@@ -391,7 +411,7 @@ class GracefulStop(service.MultiService):
     async def _drain(self) -> None:
         self.downloads.closing = True  # a request on an open connection starts no new download
         channels = self._channels()
-        closed: set[Any] = set()
+        closed: set[LimitedChannel] = set()
         self._close_idle(channels, closed)
         running = self.downloads.active()
         serving = sum(1 for c in channels if c.requests)
@@ -420,7 +440,10 @@ class GracefulStop(service.MultiService):
 
 
 def makeService(options: Options) -> service.MultiService:
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
+
+    # typed by Twisted as its _IReactorCommon, which leaves out the threads every reactor has
+    reactor = cast("IDaemonReactor", global_reactor)
 
     config = options.config
     # what would only fail once the reactor runs is checked now, so that a daemon that

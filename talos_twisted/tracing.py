@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, cast
 from urllib.parse import urlsplit
 
 from twisted.logger import Logger
@@ -59,6 +59,14 @@ else:
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span as Span, Tracer, TracerProvider
+    from treq.response import _Response
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+    from twisted.web.server import Request
+
+    from talos_twisted.factory import FactoryHTTP
+    from talos_twisted.httpserver import LimitedRequest
+    from talos_twisted.request import ResolvedImage
 
 __all__ = [
     "AVAILABLE", "attach", "current", "describe_image", "detach", "end_download", "end_request", "install_from_environment",
@@ -127,7 +135,7 @@ def _set(span: Span, attributes: Mapping[str, Any]) -> None:
 # --- requests -----------------------------------------------------------------------------
 
 
-def start_request(request: Any) -> Span | None:
+def start_request(request: Request) -> Span | None:
     """The span of a request that has just arrived (None: not tracing), continuing the
     trace of its ``traceparent`` header if it has a valid one."""
     tracer = _tracer()
@@ -145,8 +153,9 @@ def start_request(request: Any) -> Span | None:
     return tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes={"http.request.method": method})
 
 
-def describe_image(request: Any, image: Any) -> None:
-    """The resolved image of an image request (a `ResolvedImage`), on its span."""
+def describe_image(request: Request, image: ResolvedImage) -> None:
+    """The resolved image of an image request, on its span (a request has one only if it
+    is a `LimitedRequest` and tracing is on)."""
     span = getattr(request, "trace_span", None)
     if span is None or not span.is_recording():
         return
@@ -162,7 +171,7 @@ def describe_image(request: Any, image: Any) -> None:
     })
 
 
-def end_request(request: Any, fields: Mapping[str, Any]) -> None:
+def end_request(request: LimitedRequest, fields: Mapping[str, Any]) -> None:
     """End the request's span with the fields of its access-log event (`logs.access_event`)."""
     span = getattr(request, "trace_span", None)
     if span is None:
@@ -203,8 +212,8 @@ def link_current(span: Span | None) -> None:
 # --- downloads ----------------------------------------------------------------------------
 
 
-def start_download(image: Any) -> Span | None:
-    """The span of a download of `image` (a `ResolvedImage`) that starts now: a child of the
+def start_download(image: ResolvedImage) -> Span | None:
+    """The span of a download of `image` that starts now: a child of the
     current span (the request that started it), or a root span."""
     tracer = _tracer()
     if tracer is None:
@@ -241,21 +250,25 @@ class _TracedHTTP:
     """A treq client whose ``get`` / ``post`` make a CLIENT span each (children of the
     current span) and carry ``traceparent``; the rest is the client's own."""
 
-    def __init__(self, http: Any, kind_of: Callable[[str], str], outcome_of: Callable[[int | BaseException], str]):
+    def __init__(
+        self, http: FactoryHTTP, kind_of: Callable[[str], str], outcome_of: Callable[[int | BaseException], str]
+    ):
         self._http = http
         self._kind_of = kind_of
         self._outcome_of = outcome_of
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> Any:  # whatever else the wrapped client has
         return getattr(self._http, name)
 
-    def get(self, url: str, **kwargs: Any) -> Any:
+    def get(self, url: str, **kwargs: Any) -> Deferred[_Response]:
         return self._call("GET", self._http.get, url, kwargs)
 
-    def post(self, url: str, **kwargs: Any) -> Any:
+    def post(self, url: str, **kwargs: Any) -> Deferred[_Response]:
         return self._call("POST", self._http.post, url, kwargs)
 
-    def _call(self, method: str, send: Callable[..., Any], url: str, kwargs: dict[str, Any]) -> Any:
+    def _call(
+        self, method: str, send: Callable[..., Deferred[_Response]], url: str, kwargs: dict[str, Any]
+    ) -> Deferred[_Response]:
         tracer = _tracer()
         if tracer is None:
             return send(url, **kwargs)
@@ -284,7 +297,7 @@ class _TracedHTTP:
             self._failed(span, e)
             raise
 
-        def answered(response: Any) -> Any:
+        def answered(response: _Response) -> _Response:
             code = response.code
             span.set_attribute("http.response.status_code", code)
             outcome = self._outcome_of(code)
@@ -295,8 +308,8 @@ class _TracedHTTP:
             span.end()
             return response
 
-        def failed(failure: Any) -> Any:
-            self._failed(span, failure.value)
+        def failed(failure: Failure) -> Failure:
+            self._failed(span, cast(BaseException, failure.value))  # an errback's failure has a value
             return failure
 
         d.addCallbacks(answered, failed)
@@ -310,7 +323,9 @@ class _TracedHTTP:
         span.end()
 
 
-def traced_http(http: Any, kind_of: Callable[[str], str], outcome_of: Callable[[int | BaseException], str]) -> Any:
+def traced_http(
+    http: FactoryHTTP, kind_of: Callable[[str], str], outcome_of: Callable[[int | BaseException], str]
+) -> FactoryHTTP:
     """`http` (a treq client) with a span per call; `http` itself without opentelemetry.
     `kind_of(url)` names the call (``versions``, ``image``, ...), `outcome_of(status or
     exception)` says ``ok`` or what went wrong."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any, Coroutine
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout
@@ -17,10 +17,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
+from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 
 from talos_twisted import openapi, status, tracing
 from talos_twisted.cache import CacheStore
+from talos_twisted.catalog import Catalog
 from talos_twisted.config import TalosConfig
 from talos_twisted.downloads import Downloads, Hit, Need
 from talos_twisted.errors import BadRequest, Disabled, InternalError, NotFound, TalosError, Unavailable, UpstreamError
@@ -34,11 +36,19 @@ from talos_twisted.resolver import ImageResolver
 from talos_twisted.serve import serve_entry, serve_live, stamp_date
 from talos_twisted.versions import InvalidVersion, Version, newest_stable, parse_version_list
 
+if TYPE_CHECKING:
+    from talos_twisted.prefetch import PrefetchService
+    from talos_twisted.scrub import ScrubService
+
+# Routes get the request Klein hands them, a twisted.web.server.Request (Klein types a route as
+# Callable[..., ...]); its error handlers must take an IRequest (Klein's KleinErrorMethod), so
+# what they share with the routes (render_error, mirror.render_text, serve.stamp_date) does too.
+
 # headers that describe an image body, dropped when the answer becomes an error
 _BODY_HEADERS = ("Content-Length", "Content-Disposition", "ETag", "Last-Modified", "Accept-Ranges", "X-Talos-Cache")
 
 
-def render_error(request: Any, error: TalosError) -> bytes:
+def render_error(request: IRequest, error: TalosError) -> bytes:
     """The one place an error becomes a response: JSON, with Retry-After where it helps."""
     request.setResponseCode(error.status)
     request.setHeader("Content-Type", "application/json")
@@ -63,7 +73,7 @@ class TalosImages:
         cache: CacheStore,
         downloads: Downloads,
         clock: IReactorTime,
-        scrub: Any = None,  # a ScrubService, for its counters
+        scrub: ScrubService | None = None,  # for its counters
         metrics: Metrics | None = None,
     ):
         self.config = config
@@ -73,7 +83,7 @@ class TalosImages:
         self.downloads = downloads
         self.clock = clock
         self.scrub = scrub
-        self.prefetch: Any = None  # the PrefetchService, when there is one (reloads)
+        self.prefetch: PrefetchService | None = None  # when there is one (reloads)
         self.mirror = FactoryMirror(
             lambda: self.config, factory=factory, resolver=self.resolver, cache=cache, downloads=downloads, clock=clock
         )
@@ -89,8 +99,8 @@ class TalosImages:
         return render_error(request, failure.value)  # type: ignore[arg-type]
 
     @app.handle_errors(HTTPException)
-    def _routing_error(self, request: Any, failure: Failure) -> bytes:
-        e: Any = failure.value
+    def _routing_error(self, request: IRequest, failure: Failure) -> bytes:
+        e: Any = failure.value  # a werkzeug HTTPException; valid_methods only on MethodNotAllowed
         if request.path.split(b"/")[1] in PREFIXES:  # under the mirror's routes: as the factory answers
             if e.code == 405:
                 request.setHeader("Allow", ", ".join(sorted(e.valid_methods or [])))
@@ -113,7 +123,7 @@ class TalosImages:
         return None  # the client went away
 
     @app.handle_errors(Exception)
-    def _internal(self, request: Any, failure: Failure) -> bytes:
+    def _internal(self, request: IRequest, failure: Failure) -> bytes:
         ref = uuid.uuid4().hex[:8]
         self.log.failure("internal error {ref} on {path}", failure, ref=ref, path=request.path)
         return render_error(request, InternalError(f"internal error (reference {ref}); see the daemon's log"))
@@ -125,13 +135,13 @@ class TalosImages:
     # --- health ----------------------------------------------------------------------
 
     @app.route("/healthz", methods=["GET"])
-    def healthz(self, request: Any) -> bytes:
+    def healthz(self, request: Request) -> bytes:
         request.setHeader("Content-Type", "application/json")
         request.setHeader("Cache-Control", "no-store")
         return b'{"status": "ok"}\n'
 
     @app.route("/readyz", methods=["GET"])
-    def readyz(self, request: Any) -> bytes:
+    def readyz(self, request: Request) -> bytes:
         request.setHeader("Content-Type", "application/json")
         request.setHeader("Cache-Control", "no-store")
         doc = readiness(self.cache, self.factory, min_free=self.config.min_free_space)
@@ -140,7 +150,7 @@ class TalosImages:
         return json.dumps(doc).encode() + b"\n"
 
     @app.route("/metrics", methods=["GET"])
-    def prometheus(self, request: Any) -> bytes:
+    def prometheus(self, request: Request) -> bytes:
         request.setHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         request.setHeader("Cache-Control", "no-store")
         return self.metrics.render()
@@ -148,26 +158,26 @@ class TalosImages:
     # --- the operator's status page -------------------------------------------------------
 
     @app.route("/", methods=["GET"])
-    def status_page(self, request: Any) -> bytes:
+    def status_page(self, request: Request) -> bytes:
         request.setHeader("Content-Type", "text/html; charset=utf-8")
         request.setHeader("Cache-Control", "no-store")
         return status.page()
 
     @app.route("/favicon.ico", methods=["GET"])
-    def favicon(self, request: Any) -> bytes:
+    def favicon(self, request: Request) -> bytes:
         request.setHeader("Content-Type", "image/svg+xml")
         request.setHeader("Cache-Control", "max-age=86400")
         return status.favicon()
 
     @app.route("/status.json", methods=["GET"])
-    def status_json(self, request: Any) -> bytes:
+    def status_json(self, request: Request) -> bytes:
         request.setHeader("Content-Type", "application/json")
         request.setHeader("Cache-Control", "no-store")
         doc = status.document(self.cache, self.downloads, self.factory, self.clock, platforms=self.config.platforms)
         return json.dumps(doc).encode() + b"\n"
 
     @app.route("/openapi.json", methods=["GET"])
-    def openapi_json(self, request: Any) -> bytes:
+    def openapi_json(self, request: Request) -> bytes:
         # the routes this app serves, so a route family documented ahead appears once it exists
         request.setHeader("Content-Type", "application/json")
         request.setHeader("Cache-Control", "max-age=60")
@@ -175,21 +185,21 @@ class TalosImages:
 
     # --- discovery -------------------------------------------------------------------
 
-    def _json(self, request: Any, doc: Any, cache_control: str = "max-age=60") -> bytes:
+    def _json(self, request: Request, doc: object, cache_control: str = "max-age=60") -> bytes:
         # discovery answers change rarely; the operator's live state must never be cached
         request.setHeader("Content-Type", "application/json")
         request.setHeader("Cache-Control", cache_control)
         return json.dumps(doc, indent=2).encode() + b"\n"
 
     @app.route("/images/talos/versions", methods=["GET"])
-    async def versions(self, request: Any) -> bytes:
+    async def versions(self, request: Request) -> bytes:
         self._require_enabled()
         versions = parse_version_list(await self.factory.versions())
         latest = newest_stable(versions)
         return self._json(request, {"versions": [str(v) for v in versions], "latest": str(latest) if latest else None})
 
     @app.route("/images/talos/cache", methods=["GET"])
-    def cache_listing(self, request: Any) -> bytes:
+    def cache_listing(self, request: Request) -> bytes:
         self._require_enabled()
         entries = self.cache.entries()
         return self._json(request, {
@@ -199,7 +209,7 @@ class TalosImages:
             "downloads": [str(d.key) for d in self.downloads.active()],
         }, cache_control="no-store")
 
-    async def _catalog(self, version: str) -> Any:
+    async def _catalog(self, version: str) -> Catalog:
         self._require_enabled()
         if version != "latest":
             try:
@@ -210,19 +220,19 @@ class TalosImages:
         return await self.factory.catalog(resolved)
 
     @app.route("/images/talos/<version>/extensions", methods=["GET"])
-    async def extensions(self, request: Any, version: str) -> bytes:
+    async def extensions(self, request: Request, version: str) -> bytes:
         cat = (await self._catalog(version)).describe()
         return self._json(request, {"version": cat["version"], "extensions": cat["extensions"]})
 
     @app.route("/images/talos/<version>/overlays", methods=["GET"])
-    async def overlays(self, request: Any, version: str) -> bytes:
+    async def overlays(self, request: Request, version: str) -> bytes:
         cat = (await self._catalog(version)).describe()
         return self._json(request, {"version": cat["version"], "overlays": cat["overlays"]})
 
     # --- images ------------------------------------------------------------------------
 
     @app.route("/images/talos/<version>/<arch>/<filename>", methods=["GET", "HEAD"])
-    async def image(self, request: Any, version: str, arch: str, filename: str) -> bytes:
+    async def image(self, request: Request, version: str, arch: str, filename: str) -> bytes:
         self._require_enabled()
         req = parse_image_request(version, arch, filename, request.args, self.config.platforms)
         image = await self._resolve(req)
@@ -238,7 +248,7 @@ class TalosImages:
                 f"{e.upstream[1] or 'it answered 400'}"
             ) from None
 
-    async def _answer(self, request: Any, req: ImageRequest, image: ResolvedImage) -> bytes:
+    async def _answer(self, request: Request, req: ImageRequest, image: ResolvedImage) -> bytes:
         tracing.describe_image(request, image)
         if req.checksum:
             return await self._checksum(request, image)
@@ -261,7 +271,7 @@ class TalosImages:
         return b""
 
     @app.route("/images/talos/profiles/<name>/<version>/<arch>/<filename>", methods=["GET", "HEAD"])
-    async def profile_image(self, request: Any, name: str, version: str, arch: str, filename: str) -> bytes:
+    async def profile_image(self, request: Request, name: str, version: str, arch: str, filename: str) -> bytes:
         self._require_enabled()
         profile = next((p for p in self.config.profiles if p.name == name), None)
         if profile is None:
@@ -276,7 +286,7 @@ class TalosImages:
     async def _resolve(self, req: ImageRequest) -> ResolvedImage:
         return await self._within_first_byte_timeout(self.resolver.resolve(req))
 
-    async def _within_first_byte_timeout(self, work: Any) -> ResolvedImage:
+    async def _within_first_byte_timeout(self, work: Coroutine[Any, Any, ResolvedImage]) -> ResolvedImage:
         """Resolve within first_byte_timeout: no client waits longer for the factory's metadata.
 
         The factory client's calls are single-flight with a Deferred per caller, so giving up
@@ -291,7 +301,7 @@ class TalosImages:
                 " (versions, catalog); the call goes on, retry later"
             ) from None
 
-    def _describe(self, request: Any, image: ResolvedImage, outcome: str) -> None:
+    def _describe(self, request: Request, image: ResolvedImage, outcome: str) -> None:
         request.setHeader("X-Talos-Version", image.version)
         request.setHeader("X-Talos-Schematic", image.schematic.id)
         request.setHeader("X-Talos-Cache", outcome)
@@ -306,7 +316,7 @@ class TalosImages:
         else:
             request.setHeader("Cache-Control", "max-age=86400")
 
-    async def _checksum(self, request: Any, image: ResolvedImage) -> bytes:
+    async def _checksum(self, request: Request, image: ResolvedImage) -> bytes:
         head = request.method == b"HEAD"
         # HEAD never waits for a download (as for the image itself): 200 without
         # validators while the download goes on in the background
@@ -333,29 +343,29 @@ class TalosImages:
     # --- the factory-compatible mirror and the PXE front door (talos_twisted.mirror) ----------
 
     @app.route("/versions", methods=["GET"])
-    async def mirror_versions(self, request: Any) -> bytes:
+    async def mirror_versions(self, request: Request) -> bytes:
         return await self.mirror.answer(request, self.mirror.versions(request))
 
     @app.route("/version/<version>/<any(extensions, overlays):kind>/official", methods=["GET"])
-    async def mirror_catalog(self, request: Any, version: str, kind: str) -> bytes:
+    async def mirror_catalog(self, request: Request, version: str, kind: str) -> bytes:
         return await self.mirror.answer(request, self.mirror.catalog(request, version, kind))
 
     @app.route("/schematics", methods=["POST"])
-    async def mirror_post_schematic(self, request: Any) -> bytes:
+    async def mirror_post_schematic(self, request: Request) -> bytes:
         return await self.mirror.answer(request, self.mirror.post_schematic(request))
 
     @app.route("/schematics/<sid>", methods=["GET"])
-    async def mirror_schematic(self, request: Any, sid: str) -> bytes:
+    async def mirror_schematic(self, request: Request, sid: str) -> bytes:
         return await self.mirror.answer(request, self.mirror.get_schematic(request, sid))
 
     @app.route("/image/<sid>/<version>/<path>", methods=["GET", "HEAD"])
-    async def mirror_image(self, request: Any, sid: str, version: str, path: str) -> bytes:
+    async def mirror_image(self, request: Request, sid: str, version: str, path: str) -> bytes:
         return await self.mirror.answer(request, self.mirror.image(request, sid, version, path))
 
     @app.route("/pxe/<sid>/<version>/<target>", methods=["GET"])
-    async def pxe(self, request: Any, sid: str, version: str, target: str) -> bytes:
+    async def pxe(self, request: Request, sid: str, version: str, target: str) -> bytes:
         return await self.mirror.answer(request, self.mirror.pxe(request, sid, version, target))
 
     @app.route("/pxe/profiles/<name>/<version>/<target>", methods=["GET"])
-    async def pxe_profile(self, request: Any, name: str, version: str, target: str) -> bytes:
+    async def pxe_profile(self, request: Request, name: str, version: str, target: str) -> bytes:
         return await self.mirror.answer(request, self.mirror.pxe_profile(request, name, version, target))
