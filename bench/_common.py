@@ -12,6 +12,7 @@ import atexit
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -326,6 +327,8 @@ def wait_committed(d: Twistd, count: int, timeout: float, poll: float = 0.1) -> 
     raise BenchFailure(f"the image was not cached within {timeout:g}s")
 
 
+# a prefetch round's summary counts its failures, usually "0 failed": not a finding
+_BENIGN = re.compile(r"prefetch round of .* 0 failed$")
 SUSPICIOUS = ("Traceback", "Unhandled", "[ERROR]", "#error", "#critical", "#warn", "failed", "aborting")
 
 
@@ -333,7 +336,7 @@ def log_findings(path: str) -> list[str]:
     """Lines of a twistd log that deserve a look (errors, warnings, failures)."""
     try:
         with open(path, errors="replace") as f:
-            return [line.rstrip() for line in f if any(s in line for s in SUSPICIOUS)]
+            return [line.rstrip() for line in f if any(s in line for s in SUSPICIOUS) and not _BENIGN.search(line)]
     except OSError:
         return []
 

@@ -4,16 +4,56 @@ Pure logic: no Twisted, no I/O.  A Decoder is fed compressed bytes as they
 arrive and yields decompressed chunks of at most ``max_output`` bytes, so a
 download that expands a thousandfold (disk images are mostly zeros) never
 needs more than a few times ``max_output`` of memory.
+
+xz is decoded block by block in a small shared thread pool where the stream
+allows it (`talos_twisted.xzparallel`); anything else sequentially, as xz-utils does.
 """
 
 from __future__ import annotations
 
 import lzma
+import threading
 from typing import Iterator, Optional, Tuple
 
 import zstandard
 
-__all__ = ["DecompressError", "Decoder", "make_decoder"]
+__all__ = ["DecompressError", "Decoder", "make_decoder", "is_zero", "shared_zeros"]
+
+Data = bytes | memoryview
+
+_ZERO = bytes(1 << 20)  # compared against, never copied
+
+
+def is_zero(data: Data) -> bool:
+    """Whether every byte of `data` is zero: memcmp against a zero buffer, no copy."""
+    n = len(data)
+    if n <= len(_ZERO):
+        return _ZERO.startswith(data)
+    view = memoryview(data)
+    return all(_ZERO.startswith(view[i:i + len(_ZERO)]) for i in range(0, n, len(_ZERO)))
+
+
+_SHARED_MAX, _SHARED_SIZES = 4 << 20, 8
+_shared: dict[int, bytes] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_zeros(n: int) -> bytes:
+    """`bytes(n)`, the same object each time for the few sizes asked most recently.
+
+    Handed on instead of freshly decoded zeros, it costs no memory and no cache misses:
+    its pages, never written, all map the kernel's zero page, so whoever reads it (the
+    hash, the zero check) reads memory already in the cache.
+    """
+    zeros = _shared.get(n)
+    if zeros is None:
+        zeros = bytes(n)
+        if n <= _SHARED_MAX:
+            with _shared_lock:
+                if len(_shared) >= _SHARED_SIZES:
+                    _shared.pop(next(iter(_shared)))
+                _shared[n] = zeros
+    return zeros
 
 
 class DecompressError(Exception):
@@ -30,7 +70,7 @@ class Decoder:
         self.compressed_in = 0
         self.decompressed_out = 0
 
-    def feed(self, data: bytes) -> Iterator[bytes]:
+    def feed(self, data: Data) -> Iterator[bytes]:
         raise NotImplementedError
 
     def finish(self) -> None:
@@ -51,7 +91,7 @@ class Decoder:
 
 
 class _IdentityDecoder(Decoder):
-    def feed(self, data: bytes) -> Iterator[bytes]:
+    def feed(self, data: Data) -> Iterator[bytes]:
         self.compressed_in += len(data)
         yield from self._emit(bytes(data))
 
@@ -65,19 +105,19 @@ _XZ_MAGIC = b"\xfd7zXZ\x00"
 class _XzDecoder(Decoder):
     """All concatenated xz streams, with stream padding, as xz-utils decodes them."""
 
-    def __init__(self, max_output: int) -> None:
+    def __init__(self, max_output: int, streams: int = 0, between_streams: bool = False) -> None:
         super().__init__(max_output)
         # None between streams, where only zero padding or a new stream may follow.
-        self._dec: Optional[lzma.LZMADecompressor] = lzma.LZMADecompressor(lzma.FORMAT_XZ)
-        self._streams = 0
+        self._dec: Optional[lzma.LZMADecompressor] = (
+            None if between_streams else lzma.LZMADecompressor(lzma.FORMAT_XZ))
+        self._streams = streams  # streams decoded before (another decoder may have begun the input)
         self._padding = 0
 
-    def feed(self, data: bytes) -> Iterator[bytes]:
+    def feed(self, data: Data) -> Iterator[bytes]:
         self.compressed_in += len(data)
-        data = bytes(data)
         while True:
             if self._dec is None:
-                rest = data.lstrip(b"\0")
+                rest = bytes(data).lstrip(b"\0")
                 self._padding += len(data) - len(rest)
                 data = rest
                 if not data:
@@ -191,7 +231,9 @@ class _ZstdDecoder(Decoder):
             chunk = bytes(self._buf[:end])
             del self._buf[:end]
             if self._obj is None:
-                self._obj = self._dctx.decompressobj()
+                # one output buffer for the whole budget: libzstd runs once per call, with the
+                # GIL released, rather than once (and a GIL round trip) per 128 KiB
+                self._obj = self._dctx.decompressobj(write_size=self._budget)
             try:
                 out = self._obj.decompress(chunk)
             except zstandard.ZstdError as e:
@@ -203,7 +245,7 @@ class _ZstdDecoder(Decoder):
             self._obj = None
             self._frames += 1
 
-    def feed(self, data: bytes) -> Iterator[bytes]:
+    def feed(self, data: Data) -> Iterator[bytes]:
         self.compressed_in += len(data)
         self._buf += data
         end = bound = 0  # _buf[:end] is whole units producing at most `bound` bytes
@@ -235,9 +277,15 @@ class _ZstdDecoder(Decoder):
             raise DecompressError("zstd input is empty: it holds no zstd frame.")
 
 
-def make_decoder(kind: str, max_output: int = 1 << 20) -> Decoder:
-    """Decoder for `kind`: "xz", "zst" or "none" (identity)."""
-    classes = {"xz": _XzDecoder, "zst": _ZstdDecoder, "none": _IdentityDecoder}
+def make_decoder(kind: str, max_output: int = 1 << 20, parallel: bool = True) -> Decoder:
+    """Decoder for `kind`: "xz", "zst" or "none" (identity).
+
+    xz blocks are decoded in the shared pool where the stream allows (`parallel`, the
+    default), else all sequentially in the caller's thread; the output is the same.
+    """
+    from talos_twisted.xzparallel import ParallelXzDecoder  # it builds on this module's decoders
+
+    classes = {"xz": ParallelXzDecoder if parallel else _XzDecoder, "zst": _ZstdDecoder, "none": _IdentityDecoder}
     if kind not in classes:
         raise ValueError(f"unknown compression kind {kind!r}; expected one of {sorted(classes)}")
     return classes[kind](max_output)

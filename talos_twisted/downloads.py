@@ -72,7 +72,12 @@ class LiveSource:
         fd = self._download.fd
         if fd is None:
             raise Unavailable("the download ended before this client could follow it; retry", retry_after=1)
-        return os.dup(fd)
+        fd = os.dup(fd)
+        if hasattr(os, "posix_fadvise"):
+            # followers read right behind the writer, mostly holes: readahead would have the
+            # kernel zero pages nobody asked for yet, in the reactor thread (issue 12, B7)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        return fd
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._download.subscribe(listener)

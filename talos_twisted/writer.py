@@ -3,6 +3,11 @@
 Synchronous and free of the reactor so it can be tested directly. All-zero blocks are
 skipped (left as holes): Talos disk images are mostly zeros, so disk use and write I/O
 follow the real data rather than the nominal size.
+
+Decoding runs in the calling thread, except xz blocks, which the decoder hands to its
+shared pool (`decompress`): they decode on every core while this thread hashes and
+writes what came before. A second thread decoding ahead of the hashing one was measured
+and left out: see docs/benchmarks.md ("the writer, in threads").
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ import hashlib
 import os
 from typing import Callable
 
-from talos_twisted.decompress import Decoder, DecompressError
+from talos_twisted.decompress import Decoder, DecompressError, is_zero
 from talos_twisted.errors import InternalError, StorageError, TalosError, UpstreamCorrupt
+from talos_twisted.xzformat import XzFormatError
 
 BLOCK = 64 * 1024
 _ZEROS = bytes(BLOCK)
@@ -92,24 +98,28 @@ class ImageWriter:
         self._sha.update(chunk)
         base = self.size
         n = len(chunk)
+        if is_zero(chunk):  # one memcmp for the whole chunk: most of a disk image
+            self.size += n
+            return
+        view = memoryview(chunk)
         run_start = -1  # start (in chunk) of a run of non-zero blocks waiting to be written
         pos = 0
         while pos < n:
             # blocks aligned to the file offset, so holes are whole filesystem blocks
             step = min(BLOCK - (base + pos) % BLOCK, n - pos)
-            zero = chunk[pos : pos + step] == _ZEROS[:step]
+            zero = _ZEROS.startswith(view[pos : pos + step])  # memcmp, no copy
             if zero and run_start >= 0:
-                self._pwrite(chunk, run_start, pos, base)
+                self._pwrite(view, run_start, pos, base)
                 run_start = -1
             elif not zero and run_start < 0:
                 run_start = pos
             pos += step
         if run_start >= 0:
-            self._pwrite(chunk, run_start, n, base)
+            self._pwrite(view, run_start, n, base)
         self.size += n
 
-    def _pwrite(self, chunk: bytes, start: int, end: int, base: int) -> None:
-        view = memoryview(chunk)[start:end]
+    def _pwrite(self, chunk: memoryview, start: int, end: int, base: int) -> None:
+        view = chunk[start:end]
         offset = base + start
         while view:
             written = os.pwrite(self._fd, view, offset)
@@ -126,7 +136,7 @@ class ImageWriter:
 
 def writer_error(e: BaseException) -> TalosError:
     """What a failure of the writer thread means to clients."""
-    if isinstance(e, DecompressError):
+    if isinstance(e, (DecompressError, XzFormatError)):
         return UpstreamCorrupt(f"the image from the image factory is corrupt: {e}")
     if isinstance(e, ImageChanged):
         return UpstreamCorrupt(

@@ -56,7 +56,9 @@ class NeedSequential:
 
     If `replay` is set (the block is its stream's first), a fresh
     lzma.LZMADecompressor(FORMAT_XZ) fed replay, then the rest of the input, continues;
-    otherwise only a restart from the file's start (skipping uncompressed_offset) can.
+    otherwise the stream goes on from `rest` (then the rest of the input) block by block,
+    its index checked against all its blocks (`talos_twisted.decompress` does), or from a
+    restart at the file's start (skipping uncompressed_offset).
     """
     reason: str
     stream: int
@@ -64,9 +66,24 @@ class NeedSequential:
     offset: int
     uncompressed_offset: int
     replay: bytes | None
+    # the input from `offset` on that the splitter had buffered (the start of the block): with
+    # the stream's blocks so far, enough to go on with the rest of the stream block by block
+    rest: bytes = b""
 
 
 XzEvent = Union[StreamStart, Block, IndexStart, StreamEnd, NeedSequential]
+
+
+class XzSplitError(XzFormatError):
+    """An XzFormatError raised by `XzBlockSplitter.feed`, with the events before the fault.
+
+    A caller handling them as if the error came after them sees the faults of a file in
+    file order, as a sequential decoder would.
+    """
+
+    def __init__(self, message: str, events: list[XzEvent]) -> None:
+        super().__init__(message)
+        self.events = events
 
 
 class XzBlockSplitter:
@@ -85,13 +102,16 @@ class XzBlockSplitter:
         self._pending: BlockHeader | None = None  # header of the block being buffered
         self._padding = 0
 
-    def feed(self, data: bytes) -> list[XzEvent]:
+    def feed(self, data: bytes | memoryview) -> list[XzEvent]:
         if self._state == "abandoned":
             raise RuntimeError("XzBlockSplitter was abandoned after NeedSequential")
         self._buf += data
         events: list[XzEvent] = []
-        while self._state != "abandoned" and self._step(events):
-            pass
+        try:
+            while self._state != "abandoned" and self._step(events):
+                pass
+        except XzFormatError as e:
+            raise XzSplitError(str(e), events) from None
         return events
 
     def finish(self) -> None:
@@ -176,8 +196,9 @@ class XzBlockSplitter:
             self.uncompressed_offset += size
             self._pending = None
             return True
-        replay = None if self._records else self._header + bytes(buf)
+        rest = bytes(buf)
+        replay = None if self._records else self._header + rest
         events.append(NeedSequential(reason, self._stream, len(self._records), self.offset,
-                                     self.uncompressed_offset, replay))
+                                     self.uncompressed_offset, replay, rest))
         self._state, self._buf = "abandoned", bytearray()
         return False
