@@ -289,9 +289,11 @@ def prewarm_fake(fake: Twistd, compression: str, extension: str = EXTENSIONS[0],
 
 
 def upstream_gets(fake: Twistd) -> int:
-    """Image GETs the fake has logged so far."""
-    with open(fake.log, errors="replace") as f:
-        return sum(1 for line in f if '"GET /image/' in line)
+    """Image GETs the fake has received so far (its own count, kept as each one arrives)."""
+    status, _, body = http("GET", fake.port, "/_fake/requests", timeout=10)
+    if status != 200:
+        raise BenchFailure(f"the fake factory answered {status} to GET /_fake/requests")
+    return int(json.loads(body)["counts"].get("image_get", 0))
 
 
 def start_daemon(procs: Procs, tmp: str, fake: Twistd, cache_dir: str, compression: str, log_name: str,

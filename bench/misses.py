@@ -76,7 +76,6 @@ def b4(ctx: Ctx) -> None:
                 wait_committed(d, 1, 600)
             finally:
                 ctx.stop_daemon(d)
-            time.sleep(0.2)  # the fake logs a GET once its body is sent
             fetches = upstream_gets(ctx.fake) - before
             ctx.results.add("B4.daemon.s", batch.wall)
             ctx.results.add("B4.fetches", fetches)

@@ -19,7 +19,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -33,6 +32,8 @@ from talos_twisted import openapi, openapi_parts
 from talos_twisted.names import is_extension_name, is_platform_name
 from talos_twisted.versions import InvalidVersion, Version
 from talos_twisted.web import TalosImages
+
+from .childproc import Child
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -200,37 +201,14 @@ async def test_a_schematic_made_elsewhere_that_the_factory_cannot_build_is_a_400
 # ------------------------------------------------------------------ schemathesis against a daemon
 
 
-class Child:
-    """A twistd child process, its output in a file."""
+def twistd(args, log: Path, cwd: Path) -> Child:
+    """A twistd child process, its output also in `log`."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(cwd / "xdg")}
+    return Child([str(BIN / "twistd"), "--nodaemon", "--pidfile=", *args], cwd=cwd, env=env, log=log)
 
-    def __init__(self, args, log: Path, cwd: Path):
-        self.log = log
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(cwd / "xdg")}
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen([str(BIN / "twistd"), "--nodaemon", "--pidfile=", *args], cwd=cwd, env=env,
-                                         stdout=out, stderr=subprocess.STDOUT)
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def port(self, timeout=30.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(r"Site starting on (\d+)", self.output())
-            if m:
-                return int(m.group(1))
-            assert self.proc.poll() is None, self.output()[-3000:]
-            time.sleep(0.05)
-        raise AssertionError(f"no port after {timeout}s: {self.output()[-3000:]}")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def port_of(child: Child, timeout: float = 30.0) -> int:
+    return int(child.wait_for(r"Site starting on (\d+)", timeout).group(1))
 
 
 def _get(url, timeout=30.0):
@@ -245,14 +223,14 @@ def daemon(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("schemathesis")
     children = []
     try:
-        fake = Child(["talos-fake-factory", "--listen", "tcp:0:interface=127.0.0.1", "--image-size", "1048576"],
+        fake = twistd(["talos-fake-factory", "--listen", "tcp:0:interface=127.0.0.1", "--image-size", "1048576"],
                      tmp / "fake.log", tmp)
         children.append(fake)
         config = tmp / "config.yaml"
         config.write_text(
             "listen: tcp:0:interface=127.0.0.1\n"
             "talos:\n"
-            f"  base_url: http://127.0.0.1:{fake.port()}\n"
+            f"  base_url: http://127.0.0.1:{port_of(fake)}\n"
             f"  cache_directory: {tmp / 'cache'}\n"
             "  first_byte_timeout: 10s\n"
             "  checksum_wait: 10s\n"
@@ -260,16 +238,16 @@ def daemon(tmp_path_factory):
             "    worker:\n"
             "      extensions: [qemu-guest-agent]\n"
         )
-        talos = Child(["talos-images", "--config", str(config)], tmp / "daemon.log", tmp)
+        talos = twistd(["talos-images", "--config", str(config)], tmp / "daemon.log", tmp)
         children.append(talos)
-        url = f"http://127.0.0.1:{talos.port()}"
+        url = f"http://127.0.0.1:{port_of(talos)}"
         # a factory call that worked: /readyz says ready for the next 60 s (the run takes ~15 s)
         assert _get(url + "/images/talos/versions")[0] == 200
         assert _get(url + "/readyz")[0] == 200
         yield url, tmp, talos
     finally:
         for child in reversed(children):
-            child.stop()
+            child.stop(signal.SIGTERM, 15)
 
 
 SCHEMATHESIS_CONFIG = """\

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from .childproc import Child
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 CI_RUN = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
@@ -134,27 +136,17 @@ def check_run_venv(copy: Path, env: dict[str, str], tmp: Path) -> None:
     # the README's command, plus a port, a cache and a factory of this test's own
     args = [".venv/bin/twistd", "-n", "talos-images", "--listen", f"tcp:{port}:interface=127.0.0.1",
             "--cache-dir", str(tmp / "cache"), "--base-url", "http://127.0.0.1:9"]
-    daemon = subprocess.Popen(args, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    daemon = Child(args, cwd=copy, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert daemon.poll() is None, f"twistd ended ({daemon.returncode}):\n{daemon.stdout.read()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
-                    assert resp.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "no answer on /healthz within 60s"
-                time.sleep(0.2)
-        daemon.send_signal(signal.SIGTERM)
-        out, _ = daemon.communicate(timeout=30)
+        daemon.wait_for(r"Site starting on \d+", 60)  # listening from then on
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
+            assert resp.status == 200
+        out = daemon.stop(signal.SIGTERM, 30)
         # twistd ends by re-raising the SIGTERM once its shutdown is done
-        assert daemon.returncode in (0, -signal.SIGTERM), out[-3000:]
+        assert daemon.proc.returncode in (0, -signal.SIGTERM), out[-3000:]
         assert "Server Shut Down." in out and "Traceback" not in out, out[-3000:]
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
+        daemon.stop(signal.SIGKILL, 10)
 
 
 def check_test_venv(copy: Path, env: dict[str, str]) -> None:
