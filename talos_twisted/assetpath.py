@@ -22,6 +22,17 @@ DISK_FORMATS = ("raw", "qcow2", "vhd", "ova")
 # in the order upstream tries them: ".tar.gz" before ".gz"
 OUT_FORMATS = ("tar.gz", "gz", "xz", "zst")
 
+# What the factory answers in plain text, shared by the mirror and the fake factory: its
+# error Content-Type, its body for a 500 it does not explain, and the community build's
+# answer (402) for the sidecar suffixes above, checked before the schematic lookup.
+TEXT = "text/plain; charset=utf-8"
+INTERNAL = "internal server error"
+ENTERPRISE = {
+    ".sha256": "enterprise not enabled: checksum endpoint is not available",
+    ".sha512": "enterprise not enabled: checksum endpoint is not available",
+    ".sigstore.json": "enterprise signing is not enabled: signature endpoint is not available",
+}
+
 KINDS = ("image", "iso", "uki", "installer", "kernel", "initramfs", "cmdline")
 
 

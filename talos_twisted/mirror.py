@@ -22,7 +22,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from talos_twisted.assetpath import (
-    Profile, ProfileError, asset_platform, check_asset_path, content_type, is_decompressed_image, split_sidecar,
+    ENTERPRISE, INTERNAL, TEXT, Profile, ProfileError, asset_platform, check_asset_path, content_type,
+    is_decompressed_image, split_sidecar,
 )
 from talos_twisted.cache import CacheEntry, CacheStore
 from talos_twisted.config import TalosConfig
@@ -42,13 +43,6 @@ if TYPE_CHECKING:
     from twisted.web.iweb import IRequest
     from twisted.web.server import Request
 
-TEXT = "text/plain; charset=utf-8"
-INTERNAL = "internal server error"  # the factory's body for a 500 it does not explain
-ENTERPRISE = {
-    ".sha256": "enterprise not enabled: checksum endpoint is not available",
-    ".sha512": "enterprise not enabled: checksum endpoint is not available",
-    ".sigstore.json": "enterprise signing is not enabled: signature endpoint is not available",
-}
 # the first path segments of the mirror's routes (errors under them are the factory's)
 PREFIXES = (b"versions", b"version", b"schematics", b"image", b"pxe")
 _SCHEMATIC_ID = re.compile(r"[0-9a-f]{64}", re.ASCII)

@@ -18,27 +18,14 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from talos_twisted.schematic import Schematic
 
 from .conftest import MiB
 from .rawhttp import exchange
-
-EMPTY_ID = Schematic().id
-PATH = "/images/talos/v1.11.2/amd64/openstack.raw"
-
-
-def slow(stack, seconds):
-    """Rate-limit the fake so the whole compressed body takes about `seconds`."""
-    compression = stack.config.talos.compression
-    size = len(stack.fake.compressed_image(EMPTY_ID, "v1.11.2", "openstack", "amd64", compression))
-    stack.fake.rate_limit = max(64, size // seconds)
-
+from .test_miss_like_hit import PATH, running, slow
 
 async def downloading(stack):
     """Start the download of PATH (a HEAD waits for the size only) and return it, still running."""
-    await exchange(stack.url, PATH, "HEAD")
-    [download] = stack.app.downloads.active()
-    assert not download.ended.fired, "the fake must be slow enough for the image to be downloading"
+    _, _, download = await running(stack)
     return download
 
 

@@ -32,19 +32,13 @@ from .boot import ipxe_script
 from .catalog import extensions_catalog, find_extension, overlays_catalog, overlays_supported
 from .faults import Body, BodyProducer
 from .factory import AssetKey, schematic_facts
-from talos_twisted.assetpath import Profile, ProfileError, content_type, parse_profile, split_sidecar
+from talos_twisted.assetpath import (
+    ENTERPRISE, INTERNAL, TEXT, Profile, ProfileError, content_type, parse_profile, split_sidecar,
+)
 
 if TYPE_CHECKING:
     from .factory import FakeFactory
 
-TEXT = "text/plain; charset=utf-8"
-INTERNAL = "internal server error"  # the factory's body for every 500 it does not explain
-# Sidecars the community build does not serve (checked before the schematic lookup).
-_ENTERPRISE = {
-    ".sha256": "enterprise not enabled: checksum endpoint is not available",
-    ".sha512": "enterprise not enabled: checksum endpoint is not available",
-    ".sigstore.json": "enterprise signing is not enabled: signature endpoint is not available",
-}
 _INTERESTING = ("range", "if-range", "x-request-id", "user-agent", "content-type", "accept-encoding")
 _HEAD_ROUTES = (b"image", b"blob")  # the only routes answering HEAD; the rest are GET-only
 
@@ -283,7 +277,7 @@ class FactoryApp:
         self._injected("image")
         path, sidecar = split_sidecar(path)
         if sidecar:
-            raise FactoryError(402, _ENTERPRISE[sidecar])
+            raise FactoryError(402, ENTERPRISE[sidecar])
         text = self._schematic(sid)
         self._parse_version(version)
         profile = self._profile(path)
