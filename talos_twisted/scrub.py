@@ -66,6 +66,7 @@ class Hashing:
         self._size = size
         self._sha = hashlib.sha256()
         self.offset = 0
+        self.read = 0  # bytes read from disk (holes are hashed, not read)
         self._sparse = True  # False once the file system says it cannot tell holes
 
     @property
@@ -88,7 +89,9 @@ class Hashing:
         return self.offset, self._size
 
     def step(self, chunk: int = CHUNK) -> int:
-        """Hash the next part; returns the bytes read from disk (holes are not read)."""
+        """Hash the next part; returns the bytes hashed, holes included (which are not read:
+        `read` counts what was). The scrub paces on this: hashing a hole's zeros costs the
+        same CPU as hashing data, and a mostly sparse cache must not keep a core busy."""
         start, end = self._next_data()
         start = min(start, self._size)
         if start > self.offset:
@@ -97,13 +100,14 @@ class Hashing:
                 self._sha.update(_ZEROS)
             self._sha.update(_ZEROS[: zeros % CHUNK])
             self.offset += zeros
-            return 0
+            return zeros
         n = min(chunk, end - self.offset)
         data = os.pread(self._fd, n, self.offset)
         if len(data) != n:
             raise OSError(errno.EIO, f"the file ended at {self.offset + len(data)} bytes, not {self._size}")
         self._sha.update(data)
         self.offset += n
+        self.read += n
         return n
 
 

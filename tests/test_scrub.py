@@ -115,14 +115,15 @@ def test_hashing_a_sparse_file_reads_only_its_data(tmp_path):
     content = path.read_bytes()
     fd = os.open(path, os.O_RDONLY)
     job = Hashing(fd, size)
-    read = 0
+    hashed = 0
     for _ in range(1000):
         if job.done:
             break
-        read += job.step(CHUNK)
+        hashed += job.step(CHUNK)
     os.close(fd)
     assert job.hexdigest() == hashlib.sha256(content).hexdigest()
-    assert 4003 <= read < size, "the holes were not read"
+    assert 4003 <= job.read < size, "the holes were not read"
+    assert hashed == size, "every byte was hashed, holes included"
 
 
 # --- the service ----------------------------------------------------------------------
@@ -171,6 +172,23 @@ def test_the_rate_is_kept_and_passes_follow_each_other(tmp_path):
     # two passes of 8 chunks each, and the first chunk of the third
     assert scrub.scrubbed_bytes == (2 * 8 + 1) * 64 * KiB and scrub.scrub_mismatches == 0
     assert pool.jobs == 2 * 8 + 1
+    scrub.stopService()
+
+
+def test_holes_count_towards_the_rate(tmp_path):
+    # an idle daemon whose cache holds sparse images must not hash zeros at full speed
+    clock = Clock()
+    store = CacheStore(str(tmp_path))
+    commit(store, key(1), b"x" * (64 * KiB) + bytes(4 * 1024 * KiB))  # 4 MiB of zeros at the end
+    entry = store.get(key(1))
+    with open(entry.path, "r+b") as f:  # make the zeros a hole, as the writer does
+        f.truncate(64 * KiB)
+        f.truncate(entry.size)
+    pool = SyncPool()
+    scrub = scrubber(store, clock, pool, rate=1024 * KiB)  # 4.0625 MiB at 1 MiB/s: about 4 s a pass
+    scrub.startService()
+    run_until(clock, lambda: scrub.scrub_passes >= 1)
+    assert 4.0 <= clock.seconds() <= 4.2 and scrub.scrub_mismatches == 0
     scrub.stopService()
 
 
