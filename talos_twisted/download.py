@@ -3,7 +3,8 @@
 The upstream body is queued by the state machine and handed, one batch at a time, to a
 writer in a dedicated thread pool (decompress, hash, sparse write). The upstream is paced
 by decompression and disk only, never by a client. Every decision is the machine's
-(`talos_twisted.transfer`); this module only does the I/O those decisions call for.
+(`talos_twisted.transfer`); this module only does the I/O those decisions call for, the
+factory's side of it (requests, the body's transport, the early size) in `download_upstream`.
 """
 
 from __future__ import annotations
@@ -14,25 +15,24 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.iweb import IResponse
 
 from talos_twisted import tracing, transfer as t
 from talos_twisted.cache import CacheEntry, CacheStore
 from talos_twisted.decompress import Decoder, make_decoder
-from talos_twisted.errors import InternalError, StorageError, TalosError, UpstreamNotFound
-from talos_twisted.factory import FactoryClient, as_talos_error, content_range, image_path
+from talos_twisted.download_upstream import Upstream
+from talos_twisted.errors import InternalError, StorageError, TalosError
+from talos_twisted.factory import FactoryClient
+from talos_twisted.factory_errors import as_talos_error
 from talos_twisted.metrics import Metrics, error_kind
 from talos_twisted.observe import OneShot
+from talos_twisted.reactortypes import IDaemonReactor
 from talos_twisted.request import ImageKey, ResolvedImage
-from talos_twisted.sizeprobe import ZstdHead, xz_size_from_tail
 from talos_twisted.transfer import State, Transfer
 from talos_twisted.writer import ImageWriter, writer_error
 
@@ -45,7 +45,7 @@ RESERVE_AHEAD = 64 * 1024 * 1024
 class DownloadContext:
     """What every download shares: the reactor, pools, cache, factory and settings."""
 
-    reactor: Any  # IReactorTime + IReactorThreads
+    reactor: IDaemonReactor
     pool: ThreadPool
     cache: CacheStore
     factory: FactoryClient
@@ -59,27 +59,6 @@ class DownloadContext:
     # download does not trust the declaration (an upstream writing several zstd frames)
     distrust: set[ImageKey] = field(default_factory=set)
     metrics: Metrics | None = None
-
-
-class _BodyReceiver(Protocol):
-    def __init__(self, download: Download, generation: int):
-        self._download = download
-        self._generation = generation  # which attempt this body belongs to
-
-    def connectionMade(self) -> None:
-        # a response body's transport is a producer (_newclient.TransportProxyProducer)
-        self._download._transport_for(self._generation, cast(IPushProducer, self.transport))
-
-    def dataReceived(self, data: bytes) -> None:
-        self._download._body(self._generation, data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._download._body_ended(self._generation, reason)
-
-
-class _Abandon(Protocol):
-    def connectionMade(self) -> None:
-        cast(IPushProducer, self.transport).stopProducing()
 
 
 class Download:
@@ -97,16 +76,12 @@ class Download:
         self.fd: int | None = None
         self._temp_path: str | None = None
         self._writer: ImageWriter | None = None
-        self._path = ""
-        self._range_url: bytes | None = None  # where the first response came from, if it honours Range
-        self._transport: IPushProducer | None = None
-        self._transport_gen = 0
+        self._upstream = Upstream(self, ctx, self._compression)
         self._idle_call: IDelayedCall | None = None
         self._resume_call: IDelayedCall | None = None
         self._listeners: list[Callable[[], None]] = []
         self.first_data: OneShot[None] = OneShot()  # a byte is readable, or the download ended
         self.size_known: OneShot[int | None] = OneShot()  # the raw size, None: not before the end
-        self._zstd_head: ZstdHead | None = ZstdHead() if self._compression == "zst" else None
         self.ended: OneShot[None] = OneShot()
         self.settled: OneShot[None] = OneShot()  # ended, and no file or thread is left open
         self.span: tracing.Span | None = None  # its trace span from start() until it settles
@@ -179,24 +154,12 @@ class Download:
                     return
             if ctx.metrics is not None:
                 ctx.metrics.download_started()
-            img = self.image
-            remote_id = await ctx.factory.ensure_schematic(img.schematic)
-            self._path = self._factory_path(remote_id)
-            try:
-                response = await ctx.factory.open_image(self._path)
-            except UpstreamNotFound:
-                # a factory that lost the schematic (a self-hosted one restarted without its
-                # storage) answers 404 for ever unless it is POSTed again: once, then retry
-                self.log.info("the image factory does not know {id}: POSTing it again", id=remote_id)
-                ctx.factory.forget_schematic(remote_id)
-                remote_id = await ctx.factory.ensure_schematic(img.schematic)
-                self._path = self._factory_path(remote_id)
-                response = await ctx.factory.open_image(self._path)
+            response = await self._upstream.open()
         except Exception as e:
             self._apply(self.machine.failed(as_talos_error(e, "image download")))
             return
         if self.machine.ended:  # cancelled while the factory was building
-            response.deliverBody(_Abandon())
+            self._upstream.abandon(response)
             return
         try:
             self._temp_path, self.fd = ctx.cache.open_temp(self.key)
@@ -204,60 +167,10 @@ class Download:
             self._apply(self.machine.failed(StorageError(f"cannot write to the cache: {e.strerror}")))
             return
         self._writer = ImageWriter(self.fd, self._decoder(), on_progress=self._progress_from_thread)
-        self.log.info("downloading {key} from {path}", key=str(self.key), path=self._path)
-        length = None if response.length is UNKNOWN_LENGTH else response.length
-        accepts = (response.headers.getRawHeaders(b"accept-ranges") or [b""])[0].lower() == b"bytes"
-        # where the server says it honours Range (an object store behind a redirect), a
-        # broken transfer can continue from the compressed offset reached
-        self._range_url = response.request.absoluteURI if accepts else None
+        self.log.info("downloading {key} from {path}", key=str(self.key), path=self._upstream.path)
+        length, accepts = self._upstream.opened(response)
         self._apply(self.machine.opened(length, accepts), response)
-        self._probe_size(length)
-
-    def _factory_path(self, remote_id: str) -> str:
-        img = self.image
-        if img.asset:
-            return f"/image/{remote_id}/{img.version}/{img.asset}"
-        return image_path(remote_id, img.version, img.platform, img.arch, self._compression)
-
-    # --- the raw size, as early as the upstream tells it ------------------------------------
-
-    def _probe_size(self, length: int | None) -> None:
-        compression = self._compression
-        if self.key in self._ctx.distrust:
-            self._apply(self.machine.size_declared(None))
-        elif compression == "none":
-            self._apply(self.machine.size_declared(length))
-        elif compression == "xz":
-            if self._range_url is not None and length is not None:
-                # the total is only in the index at the end: read the footer and index with
-                # a small ranged request while the body streams
-                with tracing.current(self.span):
-                    Deferred.fromCoroutine(self._xz_tail(self._range_url, length))
-            else:
-                self._apply(self.machine.size_declared(None))
-        # zst: the frame header, in the first bytes of the body (`_body`)
-
-    async def _xz_tail(self, url: bytes, length: int) -> None:
-        size: int | None = None
-        try:
-            size = await xz_size_from_tail(self._ctx.factory, url, length)
-        except Exception as e:  # the size stays unknown until the end; the body decides
-            self.log.info("no early size for {key}: {error}", key=str(self.key), error=str(e))
-        self._apply(self.machine.size_declared(size))
-
-    def _body(self, generation: int, data: bytes) -> None:
-        if self._ctx.metrics is not None:
-            self._ctx.metrics.upstream_bytes(len(data))
-        head = self._zstd_head
-        if head is not None and not self.machine.size_settled and generation == self.machine.generation:
-            if self.machine.received == 0:
-                head.restart()
-            decided, size = head.feed(data)
-            if decided:
-                self._apply(self.machine.body(generation, data))
-                self._apply(self.machine.size_declared(size))
-                return
-        self._apply(self.machine.body(generation, data))
+        self._upstream.probe_size(length)
 
     def _decoder(self) -> Decoder:
         return make_decoder(self._compression, self._ctx.max_output)
@@ -270,27 +183,22 @@ class Download:
             if isinstance(effect, t.Attach):
                 assert response is not None
                 attached = True
-                self._transport = None
-                response.deliverBody(_BodyReceiver(self, effect.generation))
+                self._upstream.attach(response, effect.generation)
             else:
                 self._do(effect)
         if response is not None and not attached:
-            response.deliverBody(_Abandon())
+            self._upstream.abandon(response)
 
     def _do(self, effect: t.Effect) -> None:
         m = self.machine
         reactor = self._ctx.reactor
         match effect:
             case t.PauseUpstream():
-                if self._transport is not None:
-                    self._transport.pauseProducing()
+                self._upstream.pause()
             case t.ResumeUpstream():
-                if self._transport is not None:
-                    self._transport.resumeProducing()
+                self._upstream.resume()
             case t.StopUpstream():
-                if self._transport is not None:
-                    self._transport.stopProducing()
-                self._transport = None
+                self._upstream.stop()
             case t.ArmIdle():
                 if self._idle_call is not None and self._idle_call.active():
                     self._idle_call.reset(self._ctx.idle_timeout)
@@ -333,9 +241,9 @@ class Download:
                     self._resume_call.cancel()
                 self._resume_call = None
             case t.OpenRange(offset=offset):
-                self._open_resume(offset)
+                self._upstream.reopen(offset)
             case t.OpenFresh():
-                self._open_resume(None)
+                self._upstream.reopen(None)
             case t.Progress():
                 self.first_data.fire(None)
                 self._notify()
@@ -422,22 +330,7 @@ class Download:
             return
         self._apply(self.machine.committed())
 
-    # --- upstream events -----------------------------------------------------------------
-
-    def _transport_for(self, generation: int, transport: IPushProducer) -> None:
-        if generation == self.machine.generation:
-            self._transport = transport
-        else:
-            transport.stopProducing()
-
-    def _body_ended(self, generation: int, reason: Failure) -> None:
-        if generation == self.machine.generation:
-            self._transport = None
-        compressed = self._compression != "none"
-        # without Content-Length the end of the connection is the end of the body; the
-        # decoder's end-of-stream check then tells a truncated one
-        clean = bool(reason.check(ResponseDone) or (reason.check(PotentialDataLoss) and compressed))
-        self._apply(self.machine.body_ended(generation, clean))
+    # --- timers ---------------------------------------------------------------------------
 
     def _idle(self) -> None:
         self._idle_call = None
@@ -446,29 +339,6 @@ class Download:
     def _resume_due(self) -> None:
         self._resume_call = None
         self._apply(self.machine.resume_due())
-
-    def _open_resume(self, offset: int | None) -> None:
-        with tracing.current(self.span):  # its factory calls are the download's children
-            Deferred.fromCoroutine(self._resume(offset, self.machine.generation))
-
-    async def _resume(self, offset: int | None, generation: int) -> None:
-        m = self.machine
-        factory = self._ctx.factory
-        try:
-            if offset is not None and self._range_url is not None:
-                response = await factory.open_range(self._range_url, offset)
-                start, total = content_range(response)
-                effects = m.range_opened(generation, response.code, start, total)
-                if any(isinstance(e, t.Attach) for e in effects):
-                    self.log.info("resumed {key} at compressed byte {offset}", key=str(self.key), offset=offset)
-                self._apply(effects, response)
-                return
-            response = await factory.open_image(self._path)
-        except Exception as e:
-            self._apply(m.resume_failed(generation, as_talos_error(e, "image download").message))
-            return
-        length = None if response.length is UNKNOWN_LENGTH else response.length
-        self._apply(m.fresh_opened(generation, length), response)
 
     # --- the writer's progress -----------------------------------------------------------
 

@@ -24,9 +24,8 @@ from talos_twisted import tracing
 from talos_twisted.backoff import Backoff
 from talos_twisted.catalog import Catalog
 from talos_twisted.errors import UpstreamError, UpstreamNotFound, UpstreamTimeout
-# as_talos_error, content_range and image_path are also imported from here by download.py
-from talos_twisted.factory_errors import as_talos_error as as_talos_error, status_error
-from talos_twisted.factory_paths import content_range as content_range, image_path as image_path
+from talos_twisted.factory_errors import as_talos_error, status_error
+from talos_twisted.factory_paths import content_range
 from talos_twisted.metastore import MetadataStore
 from talos_twisted.metrics import Metrics, error_kind
 from talos_twisted.observe import OneShot

@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import fields, replace
 from types import FrameType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import twisted
 
@@ -17,7 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
 from twisted.internet.interfaces import (
-    IListeningPort, IProtocolFactory, IReactorFromThreads, IReactorThreads, IReactorTime, IStreamServerEndpoint,
+    IListeningPort, IProtocolFactory, IReactorFromThreads, IReactorTime, IStreamServerEndpoint,
 )
 from twisted.internet.task import deferLater
 from twisted.python import usage
@@ -35,6 +35,7 @@ from talos_twisted.metastore import MetadataStore
 from talos_twisted.connlimits import ServerLimits
 from talos_twisted.httpserver import LimitedChannel, LimitedSite, make_site
 from talos_twisted.prefetch import PrefetchService, Prefetcher
+from talos_twisted.reactortypes import IDaemonReactor
 from talos_twisted.scrub import ScrubService
 from talos_twisted.logs import LoggingRoot, observer_for, progress_line
 from talos_twisted.metrics import Metrics
@@ -43,15 +44,6 @@ from talos_twisted.web import TalosImages
 
 # Any stays where Twisted's own Service methods are unannotated: what an overridden
 # stopService returns (and MultiService.stopService's DeferredList) is typed Any there.
-
-if TYPE_CHECKING:
-
-    class IDaemonReactor(IReactorTime, IReactorThreads):
-        """What the service tree uses of the reactor: its clock, and its threads (downloads
-        hand work to threads and results back with callFromThread; so does a SIGHUP). A
-        make-believe interface for the type checker only, as twisted.internet's own
-        `_IReactorCommon` (which leaves out the threads every reactor has). Building the
-        factory's Agent (`http` None) also needs IReactorTCP and a name resolver."""
 
 
 class Options(usage.Options):
@@ -443,7 +435,7 @@ def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor as global_reactor
 
     # typed by Twisted as its _IReactorCommon, which leaves out the threads every reactor has
-    reactor = cast("IDaemonReactor", global_reactor)
+    reactor = cast(IDaemonReactor, global_reactor)
 
     config = options.config
     # what would only fail once the reactor runs is checked now, so that a daemon that
