@@ -39,8 +39,13 @@ _ASSET = _path_param(
 )
 
 
+def _get_only(get: Doc) -> Doc:
+    # the factory's router serves HEAD on /image only (a HEAD here is 405, as there)
+    return {"get": get}
+
+
 def _catalog(kind: str, item: str) -> Doc:
-    return _get_and_head(_operation(
+    return _get_only(_operation(
         f"factoryGet{kind.capitalize()}", MIRROR, f"The factory's official {kind} of a version",
         f"As `GET /version/{{v}}/{kind}/official` of the factory (Talos < 1.7 has no overlays: `[]`).",
         _merge({"200": _response("The list, in the factory's order.",
@@ -101,7 +106,7 @@ def _pxe_responses(not_found: str) -> dict[str, Doc]:
 def mirror_paths() -> dict[str, Doc]:
     """The mirror's paths, by template."""
     return {
-        "/versions": _get_and_head(_operation(
+        "/versions": _get_only(_operation(
             "factoryGetVersions", MIRROR, "The factory's versions",
             "As `GET /versions` of the factory: a JSON array of strings, ascending, sent as `text/plain` (the "
             "factory sets no Content-Type; Go sniffs it).",
@@ -123,7 +128,7 @@ def mirror_paths() -> dict[str, Doc]:
                 "application/yaml": {"schema": _ref("Schematic")}, JSON: {"schema": _ref("Schematic")},
             }},
         )},
-        "/schematics/{schematic}": _get_and_head(_operation(
+        "/schematics/{schematic}": _get_only(_operation(
             "factoryGetSchematic", MIRROR, "A stored schematic", "Its canonical YAML.",
             _merge({"200": _response("The canonical YAML.", {"application/yaml": {"schema": _ref("Schematic")}},
                                      _REQUEST_ID),
@@ -131,14 +136,14 @@ def mirror_paths() -> dict[str, Doc]:
             [_MIRROR_SCHEMATIC],
         )),
         "/image/{schematic}/{version}/{path}": _get_and_head(_asset_get()),
-        "/pxe/{schematic}/{version}/{target}": _get_and_head(_operation(
+        "/pxe/{schematic}/{version}/{target}": _get_only(_operation(
             "factoryGetPxe", MIRROR, "An iPXE script",
             "As `GET /pxe/...` of the factory, pointing at this server: the node boots from the cache, the "
             "factory down or not. The kernel and initramfs downloads are started at once.",
             _pxe_responses('`schematic ID "<id>" not found`, or `version X is not available`.'),
             [_MIRROR_SCHEMATIC, _mirror_version(), _TARGET],
         )),
-        "/pxe/profiles/{name}/{version}/{target}": _get_and_head(_operation(
+        "/pxe/profiles/{name}/{version}/{target}": _get_only(_operation(
             "factoryGetProfilePxe", MIRROR, "An iPXE script of a configured profile",
             "As `/pxe/{schematic}/...`, with the schematic of a profile of `talos.profiles`; `latest` allowed.",
             _pxe_responses("`profile 'X' not found`, or an unknown version."),

@@ -36,12 +36,21 @@ class ImageResolver:
         self._defaults = names
         self._memo.clear()
 
-    async def resolve(self, req: ImageRequest) -> ResolvedImage:
+    def memoized(self, req: ImageRequest) -> ResolvedImage | None:
+        """The image `req` resolved to, while the metadata it was resolved with is fresh."""
         if self._clock is None:
-            return await self._resolve(req)
+            return None
         hit = self._memo.get(req)
         if hit is not None and self._clock.seconds() < self._factory.fresh_until(hit[1]):
             return hit[0]
+        return None
+
+    async def resolve(self, req: ImageRequest) -> ResolvedImage:
+        image = self.memoized(req)
+        if image is not None:
+            return image
+        if self._clock is None:
+            return await self._resolve(req)
         image = await self._resolve(req)
         if len(self._memo) >= _MEMO_SIZE:
             self._memo.clear()

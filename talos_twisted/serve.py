@@ -9,7 +9,8 @@ only validators (ETag, Last-Modified, conditional requests) wait for the image's
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import secrets
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
@@ -29,6 +30,15 @@ if TYPE_CHECKING:
 
 class RangeNotSatisfiable(TalosError):
     status = 416
+
+
+_BOUNDARY_PREFIX = secrets.token_hex(8)  # per process; a counter makes each answer's unique
+_boundaries = itertools.count()
+
+
+def boundary() -> str:
+    """A multipart boundary: random per process, then a counter (no urandom per request)."""
+    return f"{_BOUNDARY_PREFIX}{next(_boundaries):08x}"
 
 
 def _header(request: Request, name: bytes) -> str | None:
@@ -62,7 +72,7 @@ async def serve_live(
         plan = plan_response(
             method=request.method.decode("latin-1"), size=size, etag="", mtime=0.0,
             range_header=range_header, if_range=None, if_none_match=None, if_modified_since=None,
-            max_ranges=max_ranges, boundary=uuid.uuid4().hex,
+            max_ranges=max_ranges, boundary=boundary(),
         )
         if plan.status == 416:
             request.setHeader("Content-Range", f"bytes */{size}")
@@ -80,7 +90,7 @@ async def serve_live(
     return streamer.sent
 
 
-async def serve_entry(
+def begin_entry(
     request: Request,
     entry: CacheEntry,
     *,
@@ -88,25 +98,28 @@ async def serve_entry(
     clock: IReactorTime,
     stall_timeout: float,
     max_ranges: int = 16,
-) -> int:
-    """Answer `request` from `entry`; returns the file bytes sent."""
+) -> Streamer | None:
+    """Set the answer's status and headers from `entry` and start its body: the started
+    Streamer (the entry stays pinned until its `done` fires), or None when there is no body (HEAD,
+    304, 412). Synchronous, for the hit path as for `serve_entry`."""
     size = entry.size
     request.setHeader("Accept-Ranges", "bytes")
     request.setHeader("ETag", entry.etag)
     request.setHeader("Last-Modified", datetimeToString(int(entry.created)))
+    range_header = _header(request, b"range")
     plan = plan_response(
         method=request.method.decode("latin-1"),
         size=size,
         etag=entry.etag,
         mtime=entry.created,
-        range_header=_header(request, b"range"),
+        range_header=range_header,
         if_range=_header(request, b"if-range"),
         if_none_match=_header(request, b"if-none-match"),
         if_modified_since=_header(request, b"if-modified-since"),
         if_match=_header(request, b"if-match"),
         if_unmodified_since=_header(request, b"if-unmodified-since"),
         max_ranges=max_ranges,
-        boundary=uuid.uuid4().hex,
+        boundary=boundary() if range_header is not None and "," in range_header else "single",
     )
     if plan.status == 416:
         request.setHeader("Content-Range", f"bytes */{size}")
@@ -119,13 +132,13 @@ async def serve_entry(
     if plan.status == 412:
         request.setResponseCode(412)
         request.setHeader("Content-Length", "0")
-        return 0
+        return None
     request.setResponseCode(plan.status)
     for name, value in plan.headers:
         if plan.status != 304 or name.lower() not in ("content-type", "content-length"):
             request.setHeader(name, value)
     if plan.status == 304 or request.method == b"HEAD":
-        return 0
+        return None
     source = FileSource(entry.path, size)
     try:
         fd = cache.open_entry(entry)  # never through a symlink, only the entry's own file
@@ -136,7 +149,33 @@ async def serve_entry(
     try:
         spans = [Span(p.start, p.end, p.prefix) for p in plan.parts]
         streamer = Streamer(request, fd, source, clock, spans, plan.trailer, stall_timeout=stall_timeout)
-        await streamer.start()
-        return streamer.sent
-    finally:
+        done = streamer.start()
+    except BaseException:
         cache.unpin(entry.key)
+        raise
+
+    def unpin(result: bool) -> bool:
+        cache.unpin(entry.key)
+        return result
+
+    done.addBoth(unpin)
+    return streamer
+
+
+async def serve_entry(
+    request: Request,
+    entry: CacheEntry,
+    *,
+    cache: CacheStore,
+    clock: IReactorTime,
+    stall_timeout: float,
+    max_ranges: int = 16,
+) -> int:
+    """Answer `request` from `entry`; returns the file bytes sent."""
+    streamer = begin_entry(
+        request, entry, cache=cache, clock=clock, stall_timeout=stall_timeout, max_ranges=max_ranges
+    )
+    if streamer is None:
+        return 0
+    await streamer.done
+    return streamer.sent

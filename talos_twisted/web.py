@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from talos_twisted import openapi, status, tracing
 from talos_twisted.cache import CacheStore
@@ -33,7 +33,8 @@ from talos_twisted.metrics import Metrics
 from talos_twisted.mirror import PREFIXES, FactoryMirror, MirrorError, render_text
 from talos_twisted.request import ImageRequest, ResolvedImage, parse_image_request
 from talos_twisted.resolver import ImageResolver
-from talos_twisted.serve import serve_entry, serve_live, stamp_date
+from talos_twisted.hitpath import HitPath, TargetMemo
+from talos_twisted.serve import begin_entry, serve_entry, serve_live, stamp_date
 from talos_twisted.versions import InvalidVersion, Version, newest_stable, parse_version_list
 
 if TYPE_CHECKING:
@@ -59,6 +60,12 @@ def render_error(request: IRequest, error: TalosError) -> bytes:
     if error.retry_after:
         request.setHeader("Retry-After", str(error.retry_after))
     return json.dumps({"error": error.message, "status": error.status}).encode() + b"\n"
+
+
+def _get_only(request: Request) -> None:
+    """The factory's GET-only routes answer HEAD 405 (werkzeug would serve it as a GET)."""
+    if request.method != b"GET":
+        raise MethodNotAllowed(valid_methods=["GET"])
 
 
 class TalosImages:
@@ -88,9 +95,54 @@ class TalosImages:
             lambda: self.config, factory=factory, resolver=self.resolver, cache=cache, downloads=downloads, clock=clock
         )
         self.metrics = metrics or Metrics(cache_bytes=lambda: cache.total_usage, cache_entries=lambda: len(cache.entries()))
+        self._image_targets: TargetMemo[ImageRequest] = TargetMemo()  # for answer_hit
 
     def resource(self) -> IResource:
-        return self.app.resource()
+        return HitPath(self.app.resource(), self.answer_hit)
+
+    # --- the hit path (talos_twisted.hitpath) -----------------------------------------------
+
+    def answer_hit(self, request: Request) -> bool:
+        """Answer a GET or HEAD of an image target that the image route parsed before, whose
+        resolution is fresh and whose image is cached, as that route would; False (nothing
+        done) for anything else, which the Klein app then routes."""
+        config = self.config
+        req = self._image_targets.get(request.uri, config)
+        if req is None or not config.enabled:
+            return False
+        image = self.resolver.memoized(req)
+        if image is None:
+            return False
+        entry = self.cache.get(image.key)
+        if entry is None:
+            return False
+        tracing.describe_image(request, image)
+        self._describe(request, image, "HIT")
+        try:
+            streamer = begin_entry(
+                request, entry, cache=self.cache, clock=self.clock, stall_timeout=config.client_stall_timeout
+            )
+        except TalosError as e:
+            request.write(render_error(request, e))
+            request.finish()
+            return True
+        except Exception:
+            request.write(self._internal_error(request, Failure()))
+            request.finish()
+            return True
+        if streamer is None:
+            request.write(b"")  # the head, as Klein writes an empty answer
+            request.finish()
+            return True
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def finish(_: object) -> None:
+            if not gone:
+                request.finish()
+
+        streamer.done.addCallback(finish)
+        return True
 
     # --- errors ----------------------------------------------------------------------
 
@@ -101,9 +153,12 @@ class TalosImages:
     @app.handle_errors(HTTPException)
     def _routing_error(self, request: IRequest, failure: Failure) -> bytes:
         e: Any = failure.value  # a werkzeug HTTPException; valid_methods only on MethodNotAllowed
-        if request.path.split(b"/")[1] in PREFIXES:  # under the mirror's routes: as the factory answers
+        prefix = request.path.split(b"/")[1]
+        if prefix in PREFIXES:  # under the mirror's routes: as the factory answers
             if e.code == 405:
-                request.setHeader("Allow", ", ".join(sorted(e.valid_methods or [])))
+                # werkzeug adds HEAD to every GET route; the factory's router serves it on /image only
+                methods = sorted(m for m in e.valid_methods or [] if m != "HEAD" or prefix == b"image")
+                request.setHeader("Allow", ", ".join(methods))
                 return render_text(request, MirrorError(405, "Method Not Allowed"))
             return render_text(request, MirrorError(404, "404 page not found"))
         if e.code == 405:
@@ -124,6 +179,9 @@ class TalosImages:
 
     @app.handle_errors(Exception)
     def _internal(self, request: IRequest, failure: Failure) -> bytes:
+        return self._internal_error(request, failure)
+
+    def _internal_error(self, request: IRequest, failure: Failure) -> bytes:
         ref = uuid.uuid4().hex[:8]
         self.log.failure("internal error {ref} on {path}", failure, ref=ref, path=request.path)
         return render_error(request, InternalError(f"internal error (reference {ref}); see the daemon's log"))
@@ -235,6 +293,8 @@ class TalosImages:
     async def image(self, request: Request, version: str, arch: str, filename: str) -> bytes:
         self._require_enabled()
         req = parse_image_request(version, arch, filename, request.args, self.config.platforms)
+        if not req.checksum:
+            self._image_targets.remember(request.uri, self.config, req)  # for answer_hit
         image = await self._resolve(req)
         try:
             return await self._answer(request, req, image)
@@ -344,10 +404,12 @@ class TalosImages:
 
     @app.route("/versions", methods=["GET"])
     async def mirror_versions(self, request: Request) -> bytes:
+        _get_only(request)
         return await self.mirror.answer(request, self.mirror.versions(request))
 
     @app.route("/version/<version>/<any(extensions, overlays):kind>/official", methods=["GET"])
     async def mirror_catalog(self, request: Request, version: str, kind: str) -> bytes:
+        _get_only(request)
         return await self.mirror.answer(request, self.mirror.catalog(request, version, kind))
 
     @app.route("/schematics", methods=["POST"])
@@ -356,6 +418,7 @@ class TalosImages:
 
     @app.route("/schematics/<sid>", methods=["GET"])
     async def mirror_schematic(self, request: Request, sid: str) -> bytes:
+        _get_only(request)
         return await self.mirror.answer(request, self.mirror.get_schematic(request, sid))
 
     @app.route("/image/<sid>/<version>/<path>", methods=["GET", "HEAD"])
@@ -364,8 +427,10 @@ class TalosImages:
 
     @app.route("/pxe/<sid>/<version>/<target>", methods=["GET"])
     async def pxe(self, request: Request, sid: str, version: str, target: str) -> bytes:
+        _get_only(request)
         return await self.mirror.answer(request, self.mirror.pxe(request, sid, version, target))
 
     @app.route("/pxe/profiles/<name>/<version>/<target>", methods=["GET"])
     async def pxe_profile(self, request: Request, name: str, version: str, target: str) -> bytes:
+        _get_only(request)
         return await self.mirror.answer(request, self.mirror.pxe_profile(request, name, version, target))

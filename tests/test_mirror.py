@@ -54,6 +54,24 @@ async def test_metadata_routes_answer_as_the_factory_does(stack):
 
 
 @pytest_twisted.ensureDeferred
+async def test_methods_a_route_does_not_serve_are_405_with_allow_as_the_factory(stack):
+    _, _, data = await exchange(stack.factory_url, "/schematics", "POST", body=SCHEMATIC.encode(),
+                                headers={"Content-Length": str(len(SCHEMATIC))})
+    sid = json.loads(data)["id"]
+    for path in ("/versions", f"/version/{V}/extensions/official", f"/version/{V}/overlays/official",
+                 f"/schematics/{sid}", f"/pxe/{sid}/{V}/metal-amd64", f"/image/{sid}/{V}/kernel-amd64"):
+        for method in ("HEAD", "DELETE"):
+            answers = []
+            for url in (stack.factory_url, stack.url):
+                status, h, body = await exchange(url, path, method)
+                answers.append((status, h.get("allow"), h.get("content-type"), body))
+            factory, ours = answers
+            assert ours == factory, (method, path)
+            if not path.startswith("/image/"):
+                assert ours[:2] == (405, "GET"), (method, path)
+
+
+@pytest_twisted.ensureDeferred
 async def test_schematics_post_and_get_as_the_factory(stack):
     factory, ours = await same_answer(stack, "/schematics", "POST", body=SCHEMATIC.encode())
     assert ours[0] == 201 and ours == factory

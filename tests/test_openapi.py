@@ -85,7 +85,10 @@ def test_every_route_has_its_operations_and_every_operation_its_route():
             assert rule_shape(rule).fullmatch(path), f"{path} is documented, {sample} is served by {rule.rule}"
             documented.setdefault(rule.rule, set()).add(method)
     for rule in URL_MAP.iter_rules():
-        assert documented.get(rule.rule) == set(rule.methods), f"{rule.rule}: {sorted(rule.methods)} are served"
+        methods = set(rule.methods)
+        if rule.rule.split("/")[1] in ("versions", "version", "schematics", "pxe"):
+            methods.discard("HEAD")  # werkzeug adds it; these answer 405 to it, as the factory's router
+        assert documented.get(rule.rule) == methods, f"{rule.rule}: {sorted(methods)} are served"
     served = openapi.document(openapi.served_by(URL_MAP))
     left_out = {(m, p) for p, item in doc["paths"].items() for m, _ in ops_of(item)} - {
         (m, p) for p, item in served["paths"].items() for m, _ in ops_of(item)}
