@@ -258,6 +258,50 @@ def _start_twistd(procs: Procs, tmp: str, args: list[str], env: dict[str, str], 
     raise AssertionError("unreachable")
 
 
+class BareWeb:
+    """bench/bare_web.py: plain twisted.web serving one file as /openstack.raw (B6's ceiling)."""
+
+    path = "/openstack.raw"
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: str):
+        self.proc, self.port, self.log = proc, port, log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}{self.path}"
+
+    def check_alive(self, what: str = "bare twisted.web") -> None:
+        if self.proc.poll() is not None:
+            raise BenchFailure(f"{what} exited with status {self.proc.returncode}; its log ends:\n{tail(self.log)}")
+
+
+def start_bare_web(procs: Procs, tmp: str, file_path: str, log_name: str = "bare-web.log") -> BareWeb:
+    """bench/bare_web.py over `file_path` on a free port (another one if that was taken in
+    between), with this interpreter (the repository's venv); ready once it answers HEAD."""
+    script = os.path.join(REPO, "bench", "bare_web.py")
+    log_path = os.path.join(tmp, log_name)
+    for attempt in range(3):
+        port = free_port()
+        with open(log_path, "wb") as log:
+            p = procs.start([sys.executable, script, "--file", file_path, "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=child_env(), cwd=tmp)
+        try:
+            wait_http(port, BareWeb.path, p, 60, "bare twisted.web", log_path, method="HEAD")
+            if f"bare twisted.web listening on {port}" not in tail(log_path, 1000):
+                raise BenchFailure(f"bare twisted.web answered on {port} but did not say it listens there; "
+                                   f"its log ends:\n{tail(log_path)}")
+            return BareWeb(p, port, log_path)
+        except BenchFailure:
+            procs.stop(p)
+            if attempt < 2 and "Address already in use" in tail(log_path, 1000):
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
 def start_fake(procs: Procs, tmp: str, image_size: int, log_name: str = "fake.log") -> Twistd:
     """The fake factory, unthrottled, sending factory-shaped bodies (its default)."""
     return _start_twistd(procs, tmp, ["talos-fake-factory", "--image-size", str(image_size), "--body-shape", "factory"],

@@ -92,3 +92,9 @@ class Ctx:
 def order(r: int, a: str, b: str) -> tuple[str, str]:
     """The two contestants of round r: a first in even rounds, b first in odd ones."""
     return (a, b) if r % 2 == 0 else (b, a)
+
+
+def rotation(r: int, names: list[str] | tuple[str, ...]) -> list[str]:
+    """The contestants of round r, rotated by r: each one goes first in turn."""
+    k = r % len(names)
+    return [*names[k:], *names[:k]]

@@ -2,7 +2,8 @@
 
 The daemon downloads the bench image once into `ctx.hit_cache`; nginx (`sendfile on`, one
 process) then serves the committed file as well. Each round runs both servers back to back,
-the daemon first in even rounds and nginx first in odd ones.
+the daemon first in even rounds and nginx first in odd ones. B6 adds a third server of the
+same file, bare twisted.web (bench/bare_web.py), and rotates the order of the three.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import os
 import random
 from typing import Callable
 
-from _common import (GiB, BenchFailure, Twistd, cache_entries, connection, cpu_seconds, daemon_sha256, image_path,
-                     wait_committed)
+from _common import (GiB, BareWeb, BenchFailure, Twistd, cache_entries, connection, cpu_seconds, daemon_sha256,
+                     image_path, start_bare_web, wait_committed)
 from clients import ab_heads, curls, wrk_ranges
-from ctx import Ctx, order
+from ctx import Ctx, order, rotation
 from tools import Nginx
 
 
@@ -32,6 +33,10 @@ def daemon_target(d: Twistd) -> Target:
 
 def nginx_target(n: Nginx, tls: bool = False) -> Target:
     return Target("nginx", n.url(tls), n.pid, n.check_alive)
+
+
+def bare_target(b: BareWeb) -> Target:
+    return Target("bare", b.url(), b.pid, b.check_alive)
 
 
 def full_get_sha(url: str, port: int, tls: bool, size: int, who: str) -> tuple[str, dict[str, str]]:
@@ -137,28 +142,41 @@ def check_ranges(ctx: Ctx, port: int, path: str, who: str, count: int = 20) -> N
 
 
 def b6(ctx: Ctx, d: Twistd) -> None:
+    """Range GETs and HEADs against three servers of the same file, the order rotating per
+    round: the daemon, nginx, and bare twisted.web (bench/bare_web.py, this stack's ceiling)."""
     assert ctx.nginx is not None
     s = ctx.settings
-    check_ranges(ctx, d.port, image_path(), "daemon")
-    check_ranges(ctx, ctx.nginx.port, Nginx.path, "nginx")
-    targets = {"daemon": daemon_target(d), "nginx": nginx_target(ctx.nginx)}
-    for kind in ("range", "head"):
-        for r in range(s.rounds):
-            for name in order(r, "daemon", "nginx"):
-                t = targets[name]
-                t.check()
-                if kind == "range":
-                    load = wrk_ranges(t.url, ctx.tmp, s.size, s.range_size, s.connections, s.load_seconds, seed=r + 1)
-                else:
-                    load = ab_heads(t.url, ctx.tmp, s.connections, s.load_seconds)
-                key = f"B6.{kind}.{name}"
-                ctx.results.add(f"{key}.rps", load.rps)
-                ctx.results.add(f"{key}.p99_ms", load.p99_ms)
-                if load.errors:
-                    ctx.results.add(f"{key}.errors", load.errors)
-                    ctx.results.notes.append(f"B6 {kind} round {r + 1}: {name} gave {load.errors} errors/non-2xx answers")
-                print(f"   B6 {kind:5} {name:6} {s.connections} connections: {load.rps:8.0f} req/s  "
-                      f"p99 {load.p99_ms:.2f} ms  errors {load.errors}", flush=True)
+    bare = start_bare_web(ctx.procs, ctx.tmp, ctx.hit_file)
+    try:
+        check_ranges(ctx, d.port, image_path(), "daemon")
+        check_ranges(ctx, ctx.nginx.port, Nginx.path, "nginx")
+        check_ranges(ctx, bare.port, bare.path, "bare twisted.web")
+        targets = {"daemon": daemon_target(d), "nginx": nginx_target(ctx.nginx), "bare": bare_target(bare)}
+        for kind in ("range", "head"):
+            for r in range(s.rounds):
+                for name in rotation(r, ("daemon", "nginx", "bare")):
+                    t = targets[name]
+                    t.check()
+                    if kind == "range":
+                        load = wrk_ranges(t.url, ctx.tmp, s.size, s.range_size, s.connections, s.load_seconds,
+                                          seed=r + 1)
+                    else:
+                        load = ab_heads(t.url, ctx.tmp, s.connections, s.load_seconds)
+                    key = f"B6.{kind}.{name}"
+                    ctx.results.add(f"{key}.rps", load.rps)
+                    ctx.results.add(f"{key}.p99_ms", load.p99_ms)
+                    if load.errors:
+                        ctx.results.add(f"{key}.errors", load.errors)
+                        ctx.results.notes.append(f"B6 {kind} round {r + 1}: {name} gave {load.errors} "
+                                                 "errors/non-2xx answers")
+                    print(f"   B6 {kind:5} {name:6} {s.connections} connections: {load.rps:8.0f} req/s  "
+                          f"p99 {load.p99_ms:.2f} ms  errors {load.errors}", flush=True)
+        bare.check_alive()
+    finally:
+        rc = ctx.procs.stop(bare.proc)
+        if rc not in (0, -15):
+            ctx.results.notes.append(f"{os.path.basename(bare.log)}: bare twisted.web exited with status {rc} "
+                                     "on SIGTERM")
 
 
 def b8(ctx: Ctx) -> None:

@@ -23,6 +23,11 @@ class Check:
     shown: str  # the value as printed ("0.83x", "12.1 ms")
     target: str
     ok: bool
+    info: bool = False  # informational: no target, verdict "info", never a failure
+
+    @property
+    def verdict(self) -> str:
+        return "info" if self.info else "PASS" if self.ok else "**FAIL**"
 
 
 def _ratio(res: Results, num: str, den: str) -> float:
@@ -42,6 +47,13 @@ def checks(res: Results, s: Settings) -> list[Check]:
 
     def absolute(id: str, what: str, v: float, shown: str, target: str, ok: bool) -> None:
         out.append(Check(id, what, v, shown, target, ok))
+
+    def info(id: str, what: str, num: str, den: str) -> None:
+        """A ratio shown for information: target "info", never failing."""
+        if not res.has(num, den):
+            return
+        v = _ratio(res, num, den)
+        out.append(Check(id, what, v, f"{v:.2f}x", "info", True, info=True))
 
     ratio("B1", "hit, 1 client: throughput daemon/nginx", "B1.daemon.mbps", "B1.nginx.mbps", ">=", 1.0)
     ratio("B1", "hit, 1 client: CPU s per GiB daemon/nginx", "B1.daemon.cpu_per_gib", "B1.nginx.cpu_per_gib", "<=", 1.3)
@@ -70,6 +82,11 @@ def checks(res: Results, s: Settings) -> list[Check]:
               f"B6.{kind}.nginx.rps", ">=", 0.25)
         ratio("B6", f"{what}: p99 latency daemon/nginx", f"B6.{kind}.daemon.p99_ms", f"B6.{kind}.nginx.p99_ms",
               "<=", 4.0)
+        # the ceiling of the stack: plain twisted.web serving the same file (bench/bare_web.py)
+        info("B6", f"{what}, {s.connections} conns: req/s daemon/bare twisted.web", f"B6.{kind}.daemon.rps",
+             f"B6.{kind}.bare.rps")
+        info("B6", f"{what}, {s.connections} conns: req/s bare twisted.web/nginx", f"B6.{kind}.bare.rps",
+             f"B6.{kind}.nginx.rps")
     if res.has("B7.busy.p99_ms", "B7.idle.p99_ms"):
         v = res.med("B7.busy.p99_ms")
         absolute("B7", f"/healthz p99 during 4 cold xz misses ({_ratio(res, 'B7.busy.p99_ms', 'B7.idle.p99_ms'):.1f}x idle)",
@@ -82,7 +99,7 @@ def checks(res: Results, s: Settings) -> list[Check]:
 
 def verdict_table(cs: list[Check]) -> str:
     return table(["#", "what", "ratio / value", "target", "verdict"],
-                 [[c.id, c.what, c.shown, c.target, "PASS" if c.ok else "**FAIL**"] for c in cs])
+                 [[c.id, c.what, c.shown, c.target, c.verdict] for c in cs])
 
 
 # (scenario, what, unit, daemon key, baseline key, baseline name, scale)
@@ -103,8 +120,16 @@ FIGURES = [
     ("B5", "daemon peak RSS, {big} / idle", "MB", "B5.big.peak", "B5.big.idle", "idle", 1 / MB),
     ("B6", "Range GETs, {connections} conns", "req/s", "B6.range.daemon.rps", "B6.range.nginx.rps", "nginx", 1),
     ("B6", "Range GETs: p99", "ms", "B6.range.daemon.p99_ms", "B6.range.nginx.p99_ms", "nginx", 1),
+    ("B6", "Range GETs, bare twisted.web (not the daemon), {connections} conns", "req/s", "B6.range.bare.rps",
+     "B6.range.nginx.rps", "nginx", 1),
+    ("B6", "Range GETs, bare twisted.web (not the daemon): p99", "ms", "B6.range.bare.p99_ms",
+     "B6.range.nginx.p99_ms", "nginx", 1),
     ("B6", "HEADs, {connections} conns", "req/s", "B6.head.daemon.rps", "B6.head.nginx.rps", "nginx", 1),
     ("B6", "HEADs: p99", "ms", "B6.head.daemon.p99_ms", "B6.head.nginx.p99_ms", "nginx", 1),
+    ("B6", "HEADs, bare twisted.web (not the daemon), {connections} conns", "req/s", "B6.head.bare.rps",
+     "B6.head.nginx.rps", "nginx", 1),
+    ("B6", "HEADs, bare twisted.web (not the daemon): p99", "ms", "B6.head.bare.p99_ms", "B6.head.nginx.p99_ms",
+     "nginx", 1),
     ("B7", "/healthz p99, 4 cold xz misses / idle", "ms", "B7.busy.p99_ms", "B7.idle.p99_ms", "idle", 1),
     ("B7", "/healthz max, 4 cold xz misses", "ms", "B7.busy.max_ms", "", "", 1),
     ("B8", "HTTPS hit, 1 client", "MB/s", "B8.1.daemon.mbps", "B8.1.nginx.mbps", "nginx", 1),
@@ -148,7 +173,8 @@ def facts_lines(facts: dict[str, str], s: Settings, seconds: float) -> str:
 
 def results_markdown(res: Results, s: Settings, facts: dict[str, str], seconds: float) -> str:
     cs = checks(res, s)
-    parts = ["Verdicts (medians of the rounds; ratios are daemon / baseline):", "", verdict_table(cs), "",
+    parts = ["Verdicts (medians of the rounds; ratios are daemon / baseline; "
+             "\"info\" rows have no target and never fail):", "", verdict_table(cs), "",
              "Absolute figures (MB = 10^6 bytes):", "", figures_table(res, s), "", facts_lines(facts, s, seconds)]
     if res.notes:
         parts += ["", "Notes from the run:", ""] + [f"- {n}" for n in res.notes[:30]]
