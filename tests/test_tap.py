@@ -6,7 +6,8 @@ import pytest
 import pytest_twisted
 from twisted.application.service import IServiceCollection
 
-from talos_twisted.tap import Listener, Options, makeService
+from talos_twisted.graceful import Listener
+from talos_twisted.tap import Options, makeService
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 

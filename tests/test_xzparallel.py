@@ -24,6 +24,7 @@ from talos_twisted.errors import StorageError, UpstreamCorrupt
 from talos_twisted.testing import shapes
 from talos_twisted.testing.fakefactory.images import ImageSpec, compress_image, layout
 from talos_twisted.writer import ImageChanged, ImageWriter, writer_error
+from talos_twisted.xzfallback import StreamRest, _Lzma2End
 from talos_twisted.xzformat import CHECK_CRC32, CHECK_CRC64, CHECK_NONE, CHECK_SHA256, parse_block_header
 from talos_twisted.xzsplit import Block, NeedSequential, XzBlockSplitter, XzSplitError
 
@@ -183,7 +184,7 @@ def test_a_stream_that_loses_its_sizes_midway_goes_on_block_by_block(raw, sized)
         for seed, max_output in ((0, MiB), (1, 4096)):
             dec = make_decoder("xz", max_output)
             assert feed_all(dec, body, seed, max_piece=40_000) == expect
-            assert dec.sequential and isinstance(dec._then, d._StreamRest)
+            assert dec.sequential and isinstance(dec._then, StreamRest)
             assert (dec.compressed_in, dec.decompressed_out) == (len(body), len(expect))
 
 
@@ -195,7 +196,7 @@ def test_a_block_over_the_limit_midway_goes_on_block_by_block(raw):
     blob = b"".join(parts) + stream.end()
     dec = d.ParallelXzDecoder(MiB, max_block=2 * MiB)
     assert feed_all(dec, blob, max_piece=100_000) == image
-    assert isinstance(dec._then, d._StreamRest)
+    assert isinstance(dec._then, StreamRest)
 
 
 def test_block_by_block_rest_checks_what_the_splitter_checks(raw):
@@ -224,7 +225,7 @@ def test_lzma2_end_is_found_without_decoding():
     for data in (b"", b"x", rng.randbytes(200_000), bytes(3 * MiB) + rng.randbytes(70_000)):
         raw_lzma2 = lzma.compress(data, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 0}])
         for step in (1, 7, 4096, len(raw_lzma2) + 10):
-            walk, pos, end = d._Lzma2End(), 0, None
+            walk, pos, end = _Lzma2End(), 0, None
             padded = raw_lzma2 + b"\x01\x02\x03"
             while end is None and pos < len(padded):
                 piece = padded[pos:pos + step]
@@ -234,7 +235,7 @@ def test_lzma2_end_is_found_without_decoding():
                 pos += len(piece)
             assert end == len(raw_lzma2) == walk.size
     with pytest.raises(ValueError, match="control byte"):
-        d._Lzma2End().scan(b"\x05")
+        _Lzma2End().scan(b"\x05")
 
 
 def _peak(image):
