@@ -34,9 +34,9 @@ from talos_twisted.names import is_platform_name
 from talos_twisted.observe import OneShot, within
 from talos_twisted.pxe import base_url, boot_assets, ipxe_script
 from talos_twisted.request import ImageKey, ImageRequest, ResolvedImage
-from talos_twisted.resolver import ImageResolver
+from talos_twisted.resolver import ImageResolver, read_factory_schematic
 from talos_twisted.schematic import Schematic, SchematicError, parse_schematic
-from talos_twisted.serve import serve_entry, serve_live, stamp_date
+from talos_twisted.serve import BODY_HEADERS, begin_entry, serve_live, stamp_date
 from talos_twisted.versions import InvalidVersion, Version
 
 if TYPE_CHECKING:
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 # the first path segments of the mirror's routes (errors under them are the factory's)
 PREFIXES = (b"versions", b"version", b"schematics", b"image", b"pxe")
 _SCHEMATIC_ID = re.compile(r"[0-9a-f]{64}", re.ASCII)
-_BODY_HEADERS = ("Content-Length", "Content-Disposition", "ETag", "Last-Modified", "Accept-Ranges", "X-Talos-Cache")
 MAX_CMDLINE = 64 * 1024
 # how long POST /schematics waits for the factory's own answer before answering 201 anyway
 FORWARD_WAIT = 5.0
@@ -75,7 +74,7 @@ def as_mirror_error(e: TalosError) -> MirrorError:
 def render_text(request: IRequest, error: MirrorError) -> bytes:
     # an IRequest: Klein's error handlers (talos_twisted.web) get the request typed as one
     request.setResponseCode(error.status)
-    for h in _BODY_HEADERS:
+    for h in BODY_HEADERS:
         request.responseHeaders.removeHeader(h)
     request.setHeader("Content-Type", TEXT)
     request.setHeader("X-Content-Type-Options", "nosniff")  # as Go's http.Error
@@ -227,13 +226,7 @@ class FactoryMirror:
             text = await self.factory.schematic_text(sid)
         except UpstreamNotFound:
             raise missing from None
-        try:
-            schematic = parse_schematic(text)
-        except SchematicError as e:
-            raise UpstreamError(f"the image factory's schematic {sid} cannot be read: {e}") from None
-        if schematic.id != sid:
-            raise UpstreamError(f"the image factory's schematic {sid} reads back as {schematic.id}")
-        return schematic
+        return read_factory_schematic(sid, text)
 
     # --- assets --------------------------------------------------------------------------
 
@@ -265,8 +258,10 @@ class FactoryMirror:
         return b""
 
     async def _serve_hit(self, request: Request, entry: CacheEntry) -> None:
-        await serve_entry(request, entry, cache=self.cache, clock=self.clock,
-                          stall_timeout=self.config.client_stall_timeout, max_ranges=self.config.max_ranges)
+        streamer = begin_entry(request, entry, cache=self.cache, clock=self.clock,
+                               stall_timeout=self.config.client_stall_timeout, max_ranges=self.config.max_ranges)
+        if streamer is not None:
+            await streamer.done
 
     @staticmethod
     def _describe(request: Request, key: ImageKey, path: str, outcome: str) -> None:

@@ -20,6 +20,20 @@ from talos_twisted.versions import newest_stable, parse_version_list
 _MEMO_SIZE = 4096  # resolutions remembered; the memo is dropped whole when it fills
 
 
+def read_factory_schematic(sid: str, text: str) -> Schematic:
+    """The schematic the factory stores as `sid`, from its text; UpstreamError if it cannot
+    be read or reads back as another ID: the cache key must be the ID the client named, and
+    a different canonical text is the factory's bug or ours, never a reason to serve another
+    image."""
+    try:
+        schematic = parse_schematic(text)
+    except SchematicError as e:
+        raise UpstreamError(f"the image factory's schematic {sid} cannot be read: {e}") from None
+    if schematic.id != sid:
+        raise UpstreamError(f"the image factory's schematic {sid} reads back as {schematic.id}")
+    return schematic
+
+
 class ImageResolver:
     def __init__(
         self, factory: FactoryClient, default_extensions: tuple[str, ...] = (), clock: IReactorTime | None = None
@@ -93,14 +107,7 @@ class ImageResolver:
             text = await self._factory.schematic_text(sid)
         except UpstreamNotFound:
             raise NotFound(f"the image factory does not know schematic {sid}") from None
-        try:
-            schematic = parse_schematic(text)
-        except SchematicError as e:
-            raise UpstreamError(f"the image factory's schematic {sid} cannot be read: {e}") from None
-        if schematic.id != sid:
-            # the cache key must be the ID the client named; a different canonical text is
-            # the factory's bug or ours, never a reason to serve another image
-            raise UpstreamError(f"the image factory's schematic {sid} reads back as {schematic.id}")
+        schematic = read_factory_schematic(sid, text)
         return ResolvedImage(version, req.arch, req.platform, schematic, latest=req.version == "latest")
 
     async def resolve_profile(self, profile: Profile, req: ImageRequest) -> ResolvedImage:

@@ -21,11 +21,16 @@ from talos_twisted.cache_entry import CacheEntry
 from talos_twisted.errors import TalosError, Unavailable
 from talos_twisted.http_ranges import plan_response
 from talos_twisted.downloads import LiveSource
+from talos_twisted.request import ResolvedImage
 from talos_twisted.stream import FileSource, Span, Streamer
 
 if TYPE_CHECKING:
     from twisted.web.iweb import IRequest
     from twisted.web.server import Request
+
+
+# headers that describe an image body, dropped when the answer becomes an error
+BODY_HEADERS = ("Content-Length", "Content-Disposition", "ETag", "Last-Modified", "Accept-Ranges", "X-Talos-Cache")
 
 
 class RangeNotSatisfiable(TalosError):
@@ -45,6 +50,23 @@ def _header(request: Request, name: bytes) -> str | None:
     raw = request.requestHeaders.getRawHeaders(name)
     # latin-1 maps every byte to a character: any header value can be looked at
     return raw[0].decode("latin-1") if raw else None
+
+
+def image_headers(request: Request, image: ResolvedImage, outcome: str) -> None:
+    """The headers of an answer with `image` (`outcome`: HIT, MISS or JOIN)."""
+    request.setHeader("X-Talos-Version", image.version)
+    request.setHeader("X-Talos-Schematic", image.schematic.id)
+    request.setHeader("X-Talos-Cache", outcome)
+    request.setHeader("Content-Type", "application/octet-stream")
+    request.setHeader("Content-Disposition", f'attachment; filename="{image.filename}"')
+    if image.latest:
+        # `latest` moves: downstream caches must revalidate; the pinned URL is stable
+        request.setHeader("Cache-Control", "no-cache")
+        location = image.url_path()
+        query = request.uri.partition(b"?")[2]
+        request.setHeader("Content-Location", location + ("?" + query.decode("ascii", "replace") if query else ""))
+    else:
+        request.setHeader("Cache-Control", "max-age=86400")
 
 
 def stamp_date(request: IRequest) -> None:
@@ -101,7 +123,7 @@ def begin_entry(
 ) -> Streamer | None:
     """Set the answer's status and headers from `entry` and start its body: the started
     Streamer (the entry stays pinned until its `done` fires), or None when there is no body (HEAD,
-    304, 412). Synchronous, for the hit path as for `serve_entry`."""
+    304, 412). Synchronous: the hit path starts it without a coroutine; a route awaits `done`."""
     size = entry.size
     request.setHeader("Accept-Ranges", "bytes")
     request.setHeader("ETag", entry.etag)
@@ -161,21 +183,3 @@ def begin_entry(
     done.addBoth(unpin)
     return streamer
 
-
-async def serve_entry(
-    request: Request,
-    entry: CacheEntry,
-    *,
-    cache: CacheStore,
-    clock: IReactorTime,
-    stall_timeout: float,
-    max_ranges: int = 16,
-) -> int:
-    """Answer `request` from `entry`; returns the file bytes sent."""
-    streamer = begin_entry(
-        request, entry, cache=cache, clock=clock, stall_timeout=stall_timeout, max_ranges=max_ranges
-    )
-    if streamer is None:
-        return 0
-    await streamer.done
-    return streamer.sent

@@ -159,16 +159,19 @@ def describe_image(request: Request, image: ResolvedImage) -> None:
     span = getattr(request, "trace_span", None)
     if span is None or not span.is_recording():
         return
+    _set(span, {**_image_attributes(image), "talos_images.latest": image.latest})
+
+
+def _image_attributes(image: ResolvedImage) -> dict[str, Any]:
     schematic = image.schematic
-    _set(span, {
+    return {
         "talos_images.version": image.version,
         "talos_images.arch": image.arch,
         "talos_images.platform": image.platform,
         "talos_images.schematic": schematic.id,
         "talos_images.extensions": list(schematic.extensions),
         "talos_images.overlay": schematic.overlay.name if schematic.overlay is not None else None,
-        "talos_images.latest": image.latest,
-    })
+    }
 
 
 def end_request(request: LimitedRequest, fields: Mapping[str, Any]) -> None:
@@ -218,17 +221,8 @@ def start_download(image: ResolvedImage) -> Span | None:
     tracer = _tracer()
     if tracer is None:
         return None
-    schematic = image.schematic
     span = tracer.start_span("download", kind=SpanKind.INTERNAL)
-    _set(span, {
-        "talos_images.key": str(image.key),
-        "talos_images.version": image.version,
-        "talos_images.arch": image.arch,
-        "talos_images.platform": image.platform,
-        "talos_images.schematic": schematic.id,
-        "talos_images.extensions": list(schematic.extensions),
-        "talos_images.overlay": schematic.overlay.name if schematic.overlay is not None else None,
-    })
+    _set(span, {"talos_images.key": str(image.key), **_image_attributes(image)})
     return span
 
 

@@ -34,7 +34,7 @@ from talos_twisted.mirror import PREFIXES, FactoryMirror, MirrorError, render_te
 from talos_twisted.request import ImageRequest, ResolvedImage, parse_image_request
 from talos_twisted.resolver import ImageResolver
 from talos_twisted.hitpath import HitPath, TargetMemo
-from talos_twisted.serve import begin_entry, serve_entry, serve_live, stamp_date
+from talos_twisted.serve import BODY_HEADERS, begin_entry, image_headers, serve_live, stamp_date
 from talos_twisted.versions import InvalidVersion, Version, newest_stable, parse_version_list
 
 if TYPE_CHECKING:
@@ -45,16 +45,12 @@ if TYPE_CHECKING:
 # Callable[..., ...]); its error handlers must take an IRequest (Klein's KleinErrorMethod), so
 # what they share with the routes (render_error, mirror.render_text, serve.stamp_date) does too.
 
-# headers that describe an image body, dropped when the answer becomes an error
-_BODY_HEADERS = ("Content-Length", "Content-Disposition", "ETag", "Last-Modified", "Accept-Ranges", "X-Talos-Cache")
-
-
 def render_error(request: IRequest, error: TalosError) -> bytes:
     """The one place an error becomes a response: JSON, with Retry-After where it helps."""
     request.setResponseCode(error.status)
     request.setHeader("Content-Type", "application/json")
     request.setHeader("Cache-Control", "no-store")
-    for h in _BODY_HEADERS:
+    for h in BODY_HEADERS:
         request.responseHeaders.removeHeader(h)
     stamp_date(request)
     if error.retry_after:
@@ -95,54 +91,13 @@ class TalosImages:
             lambda: self.config, factory=factory, resolver=self.resolver, cache=cache, downloads=downloads, clock=clock
         )
         self.metrics = metrics or Metrics(cache_bytes=lambda: cache.total_usage, cache_entries=lambda: len(cache.entries()))
-        self._image_targets: TargetMemo[ImageRequest] = TargetMemo()  # for answer_hit
+        self.image_targets: TargetMemo[ImageRequest] = TargetMemo()  # for the hit path
 
     def resource(self) -> IResource:
-        return HitPath(self.app.resource(), self.answer_hit)
+        return HitPath(self.app.resource(), self)
 
-    # --- the hit path (talos_twisted.hitpath) -----------------------------------------------
-
-    def answer_hit(self, request: Request) -> bool:
-        """Answer a GET or HEAD of an image target that the image route parsed before, whose
-        resolution is fresh and whose image is cached, as that route would; False (nothing
-        done) for anything else, which the Klein app then routes."""
-        config = self.config
-        req = self._image_targets.get(request.uri, config)
-        if req is None or not config.enabled:
-            return False
-        image = self.resolver.memoized(req)
-        if image is None:
-            return False
-        entry = self.cache.get(image.key)
-        if entry is None:
-            return False
-        tracing.describe_image(request, image)
-        self._describe(request, image, "HIT")
-        try:
-            streamer = begin_entry(
-                request, entry, cache=self.cache, clock=self.clock, stall_timeout=config.client_stall_timeout
-            )
-        except TalosError as e:
-            request.write(render_error(request, e))
-            request.finish()
-            return True
-        except Exception:
-            request.write(self._internal_error(request, Failure()))
-            request.finish()
-            return True
-        if streamer is None:
-            request.write(b"")  # the head, as Klein writes an empty answer
-            request.finish()
-            return True
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-        def finish(_: object) -> None:
-            if not gone:
-                request.finish()
-
-        streamer.done.addCallback(finish)
-        return True
+    def render_error(self, request: IRequest, error: TalosError) -> bytes:
+        return render_error(request, error)
 
     # --- errors ----------------------------------------------------------------------
 
@@ -179,9 +134,9 @@ class TalosImages:
 
     @app.handle_errors(Exception)
     def _internal(self, request: IRequest, failure: Failure) -> bytes:
-        return self._internal_error(request, failure)
+        return self.internal_error(request, failure)
 
-    def _internal_error(self, request: IRequest, failure: Failure) -> bytes:
+    def internal_error(self, request: IRequest, failure: Failure) -> bytes:
         ref = uuid.uuid4().hex[:8]
         self.log.failure("internal error {ref} on {path}", failure, ref=ref, path=request.path)
         return render_error(request, InternalError(f"internal error (reference {ref}); see the daemon's log"))
@@ -294,7 +249,7 @@ class TalosImages:
         self._require_enabled()
         req = parse_image_request(version, arch, filename, request.args, self.config.platforms)
         if not req.checksum:
-            self._image_targets.remember(request.uri, self.config, req)  # for answer_hit
+            self.image_targets.remember(request.uri, self.config, req)  # for the hit path
         image = await self._resolve(req)
         try:
             return await self._answer(request, req, image)
@@ -318,15 +273,19 @@ class TalosImages:
         found = await self.downloads.follow(
             image, Need.SIZE if head else Need.FIRST_BYTE, self.config.first_byte_timeout
         )
-        self._describe(request, image, found.outcome)
+        image_headers(request, image, found.outcome)
+        config = self.config
         if isinstance(found, Hit):
-            await serve_entry(
+            streamer = begin_entry(
                 request, found.entry, cache=self.cache, clock=self.clock,
-                stall_timeout=self.config.client_stall_timeout,
+                stall_timeout=config.client_stall_timeout, max_ranges=config.max_ranges,
             )
+            if streamer is not None:
+                await streamer.done
         else:
             await serve_live(
-                request, found.source, clock=self.clock, stall_timeout=self.config.client_stall_timeout
+                request, found.source, clock=self.clock, stall_timeout=config.client_stall_timeout,
+                max_ranges=config.max_ranges,
             )
         return b""
 
@@ -360,21 +319,6 @@ class TalosImages:
                 f"the image factory ({self.factory.host}) has not answered within {self.config.first_byte_timeout:g}s"
                 " (versions, catalog); the call goes on, retry later"
             ) from None
-
-    def _describe(self, request: Request, image: ResolvedImage, outcome: str) -> None:
-        request.setHeader("X-Talos-Version", image.version)
-        request.setHeader("X-Talos-Schematic", image.schematic.id)
-        request.setHeader("X-Talos-Cache", outcome)
-        request.setHeader("Content-Type", "application/octet-stream")
-        request.setHeader("Content-Disposition", f'attachment; filename="{image.filename}"')
-        if image.latest:
-            # `latest` moves: downstream caches must revalidate; the pinned URL is stable
-            request.setHeader("Cache-Control", "no-cache")
-            location = image.url_path()
-            query = request.uri.partition(b"?")[2]
-            request.setHeader("Content-Location", location + ("?" + query.decode("ascii", "replace") if query else ""))
-        else:
-            request.setHeader("Cache-Control", "max-age=86400")
 
     async def _checksum(self, request: Request, image: ResolvedImage) -> bytes:
         head = request.method == b"HEAD"

@@ -59,7 +59,7 @@ CASES = [
 async def test_the_hit_path_answers_as_the_route_does(stack, routed, method, headers, status):
     assert (await exchange(stack.url, IMAGE))[0] == 200  # the target is now known
     await stack.app.downloads.quiesce()  # and the image cached
-    stack.app._image_targets = TargetMemo()  # the next one goes through the route again
+    stack.app.image_targets = TargetMemo()  # the next one goes through the route again
     before = len(routed)
     by_route = await exchange(stack.url, IMAGE, method, headers)
     assert len(routed) == before + 1
@@ -76,7 +76,7 @@ async def test_a_conditional_get_and_latest(stack, routed):
     await stack.app.downloads.quiesce()
     _, headers, _ = await exchange(stack.url, IMAGE)
     for path, extra in ((IMAGE, {"If-None-Match": headers["etag"]}), ("/images/talos/latest/amd64/openstack.raw", {})):
-        stack.app._image_targets = TargetMemo()
+        stack.app.image_targets = TargetMemo()
         by_route = await exchange(stack.url, path, "GET", extra)
         n = len(routed)
         by_hit_path = await exchange(stack.url, path, "GET", extra)
@@ -133,3 +133,18 @@ async def test_a_client_gone_mid_body_leaves_nothing_pinned_and_the_server_servi
     assert len(routed) == n and client.data.startswith(b"HTTP/1.1 200 OK")
     await until(lambda: not stack.app.cache._pins, what="the entry unpinned")
     assert (await exchange(stack.url, IMAGE, "GET", {"Range": "bytes=0-3"}))[2] == stack.expected(Schematic().id)[:4]
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.stack(max_ranges=2)
+async def test_max_ranges_is_kept_by_the_route_and_the_hit_path(stack, routed):
+    await exchange(stack.url, IMAGE)
+    await stack.app.downloads.quiesce()
+    n = len(routed)
+    stack.app.image_targets = TargetMemo()
+    for expect_routed in (n + 1, n + 1):
+        status, headers, body = await exchange(stack.url, IMAGE, "GET", {"Range": "bytes=0-0,10-10,20-20"})
+        assert len(routed) == expect_routed
+        assert status == 200 and len(body) == int(headers["content-length"]), "more than max_ranges: the whole image"
+        status, headers, _ = await exchange(stack.url, IMAGE, "GET", {"Range": "bytes=0-0,10-10"})
+        assert status == 206 and headers["content-type"].startswith("multipart/byteranges")
