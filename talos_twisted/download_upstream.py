@@ -96,12 +96,15 @@ class Upstream:
 
     def opened(self, response: IResponse) -> tuple[int | None, bool]:
         """The first response's length and whether it honours Range (remembered for a resume)."""
-        length = response_length(response)
-        accepts = (response.headers.getRawHeaders(b"accept-ranges") or [b""])[0].lower() == b"bytes"
+        return response_length(response), self._remember_range_url(response)
+
+    def _remember_range_url(self, response: IResponse) -> bool:
+        accepts = bool((response.headers.getRawHeaders(b"accept-ranges") or [b""])[0].lower() == b"bytes")
         # where the server says it honours Range (an object store behind a redirect), a
-        # broken transfer can continue from the compressed offset reached
+        # broken transfer can continue from the compressed offset reached -- in the body of
+        # the response being read: after a fresh GET, that one's URL, not the first one's
         self._range_url = response.request.absoluteURI if accepts else None
-        return length, accepts
+        return accepts
 
     # --- the raw size, as early as the upstream tells it ------------------------------------
 
@@ -209,4 +212,6 @@ class Upstream:
         except Exception as e:
             d._apply(m.resume_failed(generation, as_talos_error(e, "image download").message))
             return
+        if generation == m.generation:
+            self._remember_range_url(response)
         d._apply(m.fresh_opened(generation, response_length(response)), response)

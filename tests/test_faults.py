@@ -254,3 +254,23 @@ async def test_downloads_beyond_the_limit_wait_their_turn(stack):
     # one at a time: each download started only after the previous one was cached
     assert [kind for kind, _ in events] == ["downloading", "cached", "downloading", "cached"]
     assert events[0][1] == events[1][1] != events[2][1] == events[3][1]
+
+
+@pytest.mark.stack(image_size=32 * MiB)
+@pytest_twisted.ensureDeferred
+async def test_after_a_fresh_download_a_resume_uses_that_downloads_own_url(stack):
+    # the first redirect's URL expires (a presigned URL): its Range resume gets 404 and the
+    # image is fetched again, from a new URL; a break in that one resumes from the new URL
+    stack.fake.redirect = True
+    size = compressed_size(stack)
+    stack.fake.expire_next_blob()
+    stack.fake.cut_next(size // 3, times=2)
+    client = await raw_get(stack)
+    await client.closed
+    data, complete = body_of(client)
+    assert complete and data == stack.expected(EMPTY_ID)
+    blobs = [(p, h.get("range")) for m, p, h in stack.fake.requests if m == "GET" and p.startswith("/blob/")]
+    first, second = blobs[0][0], blobs[2][0]
+    assert first != second
+    assert blobs == [(first, None), (first, f"bytes={size // 3}-"), (second, None), (second, f"bytes={size // 3}-")]
+    assert stack.fake.counts["image_get"] == 2

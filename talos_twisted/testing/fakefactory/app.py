@@ -303,6 +303,11 @@ class FactoryApp:
         fake.counts["blob_head" if head else "blob"] += 1
         self._injected("blob")
         found = fake._blobs.get(token)
+        left = fake._expiring.get(token)
+        if left is not None and not head:
+            if left <= 0:
+                found = None  # expired (expire_next_blob)
+            fake._expiring[token] = left - 1
         if found is None:
             raise FactoryError(404, "blob not found")
         key, filename = found
@@ -374,6 +379,9 @@ class FactoryApp:
     def _redirect(self, request: server.Request, key: AssetKey, filename: str) -> bytes:
         token = uuid.uuid4().hex
         self.fake._blobs[token] = (key, filename)
+        if self.fake._expire_next > 0:
+            self.fake._expire_next -= 1
+            self.fake._expiring[token] = 1
         location = f"http://{self._host(request)}/blob/{token}"
         request.setHeader(b"Location", location.encode())
         return _reply(request, 302, f'<a href="{location}">Found</a>.\n\n'.encode(), "text/html; charset=utf-8")

@@ -95,6 +95,8 @@ class FakeFactory:
       ``/healthz`` and ``/readyz`` answers it with a plain-text line, as ``fail_next`` does
       (counted as usual): the factory down behind a load balancer that still answers. Set
       it back to None to end the outage.
+    - ``expire_next_blob(times)``: the ``/blob`` URL of each of the next ``times`` redirects
+      answers one GET, then ``404 blob not found`` (a presigned URL that expired).
     - ``cut_next`` / ``short_next`` / ``stall_next`` (one FIFO queue) and ``corrupt_next``
       (its own queue) apply to the next GET bodies of ``/image`` (200) or ``/blob`` (200/206),
       never to HEAD or 302. ``after_bytes`` counts body bytes of that response; headers always
@@ -145,6 +147,8 @@ class FakeFactory:
         self._bodies: dict[tuple[AssetKey, str, int | None], bytes] = {}
         self._sha256: dict[AssetKey, str] = {}
         self._blobs: dict[str, tuple[AssetKey, str]] = {}  # token -> (asset, filename)
+        self._expire_next = 0  # redirects whose blob URL expires after one GET (expire_next_blob)
+        self._expiring: dict[str, int] = {}  # token -> GETs left before it answers 404
         self._active: set[BodyProducer] = set()
         self._pending: dict[IDelayedCall, server.Request] = {}
 
@@ -168,6 +172,11 @@ class FakeFactory:
     def cut_next(self, after_bytes: int, times: int = 1) -> None:
         """The next ``times`` bodies: abort the connection (RST) after ``after_bytes`` bytes."""
         self._faults.extend([Fault("cut", after_bytes)] * times)
+
+    def expire_next_blob(self, times: int = 1) -> None:
+        """The next ``times`` redirects: their ``/blob`` URL answers one GET, then ``404``, as
+        a presigned object-store URL that expired."""
+        self._expire_next += times
 
     def short_next(self, after_bytes: int, times: int = 1) -> None:
         """The next ``times`` bodies: close the connection cleanly after ``after_bytes`` bytes."""
