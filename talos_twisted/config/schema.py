@@ -272,7 +272,7 @@ class TalosConfig:
         30.0, via(parse_timeout), "how often a running download's progress (bytes, rate, ETA) is logged"
     )
     scrub_rate: int = key(
-        50_000_000, via(parse_size), "bytes per second the background scrub re-hashes cached images at; `0` = off"
+        50_000_000, via(parse_size), "bytes per second the background scrub re-hashes cached images at, holes included; `0` = off"
     )
     max_ranges: int = key(
         16, via(parse_positive_int), "ranges in one `Range` header; more (or overlapping to more than the image) get the whole image"
