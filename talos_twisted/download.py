@@ -35,6 +35,7 @@ from talos_twisted.reactortypes import IDaemonReactor
 from talos_twisted.request import ImageKey, ResolvedImage
 from talos_twisted.transfer import State, Transfer
 from talos_twisted.writer import ImageWriter, writer_error
+from talos_twisted.zeroruns import ZeroRuns
 
 
 # disk room made before each batch is written: more than one batch can decode to
@@ -95,6 +96,11 @@ class Download:
     @property
     def available(self) -> int:
         return self.machine.available
+
+    @property
+    def zero_runs(self) -> ZeroRuns | None:
+        """Where the file is known to be zeros (the writer's holes), once writing began."""
+        return self._writer.zero_runs if self._writer is not None else None
 
     @property
     def error(self) -> TalosError | None:

@@ -79,6 +79,10 @@ class LiveSource:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         return fd
 
+    def zeros_at(self, offset: int, limit: int) -> int:
+        runs = self._download.zero_runs
+        return 0 if runs is None else runs.zeros_at(offset, limit)
+
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._download.subscribe(listener)
 

@@ -19,6 +19,7 @@ from typing import Callable
 from talos_twisted.decompress import Decoder, DecompressError, is_zero
 from talos_twisted.errors import InternalError, StorageError, TalosError, UpstreamCorrupt
 from talos_twisted.xzformat import XzFormatError
+from talos_twisted.zeroruns import ZeroRuns
 
 BLOCK = 64 * 1024
 _ZEROS = bytes(BLOCK)
@@ -46,6 +47,7 @@ class ImageWriter:
         self.size = 0  # decompressed bytes accepted
         self._replayed = 0  # after a restart: decoded bytes checked against the file so far
         self._replay_end = 0  # ... up to here, the size when the restart happened
+        self.zero_runs = ZeroRuns()  # the holes left, for followers (talos_twisted.zeroruns)
 
     def restart(self, decoder: Decoder) -> int:
         """Decode from byte 0 again: output up to the current size is checked, not written.
@@ -99,6 +101,7 @@ class ImageWriter:
         base = self.size
         n = len(chunk)
         if is_zero(chunk):  # one memcmp for the whole chunk: most of a disk image
+            self.zero_runs.add(base, base + n)
             self.size += n
             return
         view = memoryview(chunk)
@@ -108,6 +111,8 @@ class ImageWriter:
             # blocks aligned to the file offset, so holes are whole filesystem blocks
             step = min(BLOCK - (base + pos) % BLOCK, n - pos)
             zero = _ZEROS.startswith(view[pos : pos + step])  # memcmp, no copy
+            if zero:
+                self.zero_runs.add(base + pos, base + pos + step)
             if zero and run_start >= 0:
                 self._pwrite(view, run_start, pos, base)
                 run_start = -1
