@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from http.client import HTTPConnection, HTTPSConnection
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
@@ -234,28 +234,42 @@ class Twistd:
             raise BenchFailure(f"{what} exited with status {self.proc.returncode}; its log ends:\n{tail(self.log)}")
 
 
-def _start_twistd(procs: Procs, tmp: str, args: list[str], env: dict[str, str], log_name: str, ready_path: str,
-                  what: str, cert: tuple[str, str] | None = None) -> Twistd:
-    """Start `twistd -n ARGS --listen tcp:PORT` (or ssl:) on a free port; tries another port
-    if the one found was taken in between (another process on this shared machine)."""
+def _start_on_free_port(procs: Procs, tmp: str, log_name: str, command: Callable[[int], list[str]],
+                        ready: Callable[[int, subprocess.Popen[bytes], str], None],
+                        env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int, str]:
+    """Start `command(port)` on a free port, its output in `log_name`, and wait until
+    `ready(port, proc, log_path)`; tries another port if the one found was taken in between
+    (another process on this shared machine). Returns (proc, port, log path)."""
     log_path = os.path.join(tmp, log_name)
     for attempt in range(3):
         port = free_port()
-        listen = f"tcp:{port}:interface={HOST}"
-        if cert is not None:
-            listen = f"ssl:{port}:interface={HOST}:privateKey={cert[0]}:certKey={cert[1]}"
         with open(log_path, "wb") as log:
-            p = procs.start([twistd_path(), "--pidfile=", "-n", *args, "--listen", listen],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+            p = procs.start(command(port), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
         try:
-            wait_http(port, ready_path, p, 60, what, log_path, tls=cert is not None)
-            return Twistd(p, port, log_path, cert is not None)
+            ready(port, p, log_path)
+            return p, port, log_path
         except BenchFailure:
             procs.stop(p)
             if attempt < 2 and "Address already in use" in tail(log_path, 1000):
                 continue
             raise
     raise AssertionError("unreachable")
+
+
+def _start_twistd(procs: Procs, tmp: str, args: list[str], env: dict[str, str], log_name: str, ready_path: str,
+                  what: str, cert: tuple[str, str] | None = None) -> Twistd:
+    """Start `twistd -n ARGS --listen tcp:PORT` (or ssl:) on a free port."""
+    def command(port: int) -> list[str]:
+        listen = f"tcp:{port}:interface={HOST}"
+        if cert is not None:
+            listen = f"ssl:{port}:interface={HOST}:privateKey={cert[0]}:certKey={cert[1]}"
+        return [twistd_path(), "--pidfile=", "-n", *args, "--listen", listen]
+
+    def ready(port: int, p: subprocess.Popen[bytes], log_path: str) -> None:
+        wait_http(port, ready_path, p, 60, what, log_path, tls=cert is not None)
+
+    p, port, log_path = _start_on_free_port(procs, tmp, log_name, command, ready, env)
+    return Twistd(p, port, log_path, cert is not None)
 
 
 class BareWeb:
@@ -279,27 +293,21 @@ class BareWeb:
 
 
 def start_bare_web(procs: Procs, tmp: str, file_path: str, log_name: str = "bare-web.log") -> BareWeb:
-    """bench/bare_web.py over `file_path` on a free port (another one if that was taken in
-    between), with this interpreter (the repository's venv); ready once it answers HEAD."""
+    """bench/bare_web.py over `file_path` on a free port, with this interpreter (the
+    repository's venv); ready once it answers HEAD."""
     script = os.path.join(REPO, "bench", "bare_web.py")
-    log_path = os.path.join(tmp, log_name)
-    for attempt in range(3):
-        port = free_port()
-        with open(log_path, "wb") as log:
-            p = procs.start([sys.executable, script, "--file", file_path, "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=child_env(), cwd=tmp)
-        try:
-            wait_http(port, BareWeb.path, p, 60, "bare twisted.web", log_path, method="HEAD")
-            if f"bare twisted.web listening on {port}" not in tail(log_path, 1000):
-                raise BenchFailure(f"bare twisted.web answered on {port} but did not say it listens there; "
-                                   f"its log ends:\n{tail(log_path)}")
-            return BareWeb(p, port, log_path)
-        except BenchFailure:
-            procs.stop(p)
-            if attempt < 2 and "Address already in use" in tail(log_path, 1000):
-                continue
-            raise
-    raise AssertionError("unreachable")
+
+    def ready(port: int, p: subprocess.Popen[bytes], log_path: str) -> None:
+        wait_http(port, BareWeb.path, p, 60, "bare twisted.web", log_path, method="HEAD")
+        if f"bare twisted.web listening on {port}" not in tail(log_path, 1000):
+            raise BenchFailure(f"bare twisted.web answered on {port} but did not say it listens there; "
+                               f"its log ends:\n{tail(log_path)}")
+
+    p, port, log_path = _start_on_free_port(
+        procs, tmp, log_name, lambda port: [sys.executable, script, "--file", file_path, "--port", str(port)],
+        ready, child_env(),
+    )
+    return BareWeb(p, port, log_path)
 
 
 def start_fake(procs: Procs, tmp: str, image_size: int, log_name: str = "fake.log") -> Twistd:
