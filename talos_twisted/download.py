@@ -231,8 +231,12 @@ class Download:
                     lambda available: self._apply(m.written(available, 0)), self._write_failed
                 )
             case t.Finish():
-                self._in_pool(self._writer_or_fail().finish).addCallbacks(
-                    lambda result: self._apply(m.finished(*result)), self._write_failed
+                self._in_pool(self._writer_or_fail().verify).addCallbacks(
+                    lambda size: self._apply(m.verified(size)), self._write_failed
+                )
+            case t.Seal():
+                self._in_pool(self._writer_or_fail().seal).addCallbacks(
+                    lambda sha256: self._apply(m.sealed(sha256)), self._write_failed
                 )
             case t.ScheduleResume(delay=delay, attempt=attempt, why=why):
                 if self._ctx.metrics is not None:

@@ -49,9 +49,9 @@ class LiveSource:
     def available(self) -> int:
         n = self._download.available
         size = self.size()
-        if size is not None and n >= size and self._download.state != State.COMMITTED:
-            # the last byte waits for the end-of-stream checks and the commit: a response
-            # that looks complete is one of an image that is complete and verified
+        if size is not None and n >= size and not self._download.machine.complete:
+            # the last byte waits for the end-of-stream checks: a response that looks
+            # complete is one of an image that is complete and verified
             return size - 1
         return n
 
@@ -62,7 +62,9 @@ class LiveSource:
 
     def state(self) -> SourceState:
         st = self._download.state
-        if st == State.COMMITTED:
+        if self._download.machine.complete:
+            # the bytes are the image's whatever happens to the hash and commit that follow:
+            # a client still reading them (a dup of the fd) goes on even if the cache keeps nothing
             return SourceState.COMPLETE
         if st == State.FAILED:
             return SourceState.FAILED
@@ -207,7 +209,9 @@ class Downloads:
     def stop(self) -> Deferred[list[None]]:
         """Abort every running download (daemon shutdown) and wait until they have settled."""
         self.closing = True
-        running = [d for d in self._active.values() if not d.machine.ended]
+        # an image already verified is only being hashed and committed: let it finish (a
+        # bounded step) rather than throw away a complete download
+        running = [d for d in self._active.values() if not d.machine.ended and not d.machine.complete]
         if running:
             self.log.info(
                 "shutting down: cancelling {count} downloads ({keys}); their temporary files are removed",

@@ -53,7 +53,12 @@ class Restart:
 
 @dataclass(frozen=True)
 class Finish:
-    """Check the stream's integrity and make the file durable."""
+    """Check the stream's integrity at its end: every byte written is then the image's."""
+
+
+@dataclass(frozen=True)
+class Seal:
+    """Hash the file as written and make it durable (after the last byte was released)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,7 @@ class SizeKnown:
 
 
 Effect: TypeAlias = (
-    Attach | PauseUpstream | ResumeUpstream | StopUpstream | ArmIdle | DisarmIdle | Write | Restart | Finish
+    Attach | PauseUpstream | ResumeUpstream | StopUpstream | ArmIdle | DisarmIdle | Write | Restart | Finish | Seal
     | ScheduleResume | CancelResume | OpenRange | OpenFresh | Progress | Commit | Committed | Failed | Discard
     | ReleaseSlot | Settled | SizeKnown
 )

@@ -22,7 +22,7 @@ from typing import Callable
 from talos_twisted.backoff import full_jitter
 from talos_twisted.errors import TalosError, UpstreamCorrupt, UpstreamError
 from talos_twisted.effects import (  # noqa: F401 - the effects are part of this module's interface
-    Attach, PauseUpstream, ResumeUpstream, StopUpstream, ArmIdle, DisarmIdle, Write, Restart, Finish, ScheduleResume, CancelResume, OpenRange, OpenFresh, Progress, Commit, Committed, Failed, Discard, ReleaseSlot, Settled, SizeKnown, Effect,
+    Attach, PauseUpstream, ResumeUpstream, StopUpstream, ArmIdle, DisarmIdle, Write, Restart, Finish, Seal, ScheduleResume, CancelResume, OpenRange, OpenFresh, Progress, Commit, Committed, Failed, Discard, ReleaseSlot, Settled, SizeKnown, Effect,
 )
 
 HIGH_WATER = 4 * 1024 * 1024  # queued upstream bytes before the upstream is paused
@@ -35,7 +35,8 @@ class State(Enum):
     CONNECTING = "connecting"  # schematic, request sent, the factory builds
     STREAMING = "streaming"  # the body arrives
     RESUMING = "resuming"  # the body broke off: waiting for, or opening, a resume
-    FINISHING = "finishing"  # the whole body arrived: the writer drains, checks, commits
+    FINISHING = "finishing"  # the whole body arrived: the writer drains and checks the stream's end
+    SEALING = "sealing"  # the image is verified and wholly readable: the writer hashes and syncs it
     COMMITTED = "committed"
     FAILED = "failed"
 
@@ -104,6 +105,7 @@ class Transfer:
         self._has_file = False  # a temp file exists (after the first response)
         self.size: int | None = None  # the raw size the upstream declared
         self.size_settled = False  # whether `size` is as known as it will be before the end
+        self.complete = False  # the stream's end checks passed: every byte written is the image's
         self._why = ""  # what interrupted the body last
         self._failing_since: float | None = None  # the first failure without progress since
         self._progress_mark = 0  # the compressed offset reached before that failure
@@ -272,8 +274,12 @@ class Transfer:
             effects.append(Progress(available))
         return effects + self._pump()
 
-    def finished(self, size: int, sha256: str) -> list[Effect]:
-        """The writer checked the stream and synced the file."""
+    def verified(self, size: int) -> list[Effect]:
+        """The writer drained the queue and the stream's end checks passed.
+
+        Every byte is released to the clients now, before the hash and the fsync: those
+        are the cache's business (what it keeps), not the clients' (what they receive), and
+        the image's own checks have already vouched for the bytes."""
         self._writer_busy = False
         if self.ended:
             return self._settle_failed()
@@ -282,7 +288,18 @@ class Transfer:
         self.available = size
         effects: list[Effect] = [] if self.size_settled else [SizeKnown(size)]
         self.size, self.size_settled = size, True
-        return effects + [Commit(size, sha256)]
+        self.complete = True
+        self.state = State.SEALING
+        self._writer_busy = True
+        return effects + [Progress(size), Seal()]
+
+    def sealed(self, sha256: str) -> list[Effect]:
+        """The writer hashed the file and synced it."""
+        self._writer_busy = False
+        if self.ended:
+            return self._settle_failed()
+        assert self.size is not None
+        return [Commit(self.size, sha256)]
 
     def committed(self) -> list[Effect]:
         if self.ended:
@@ -374,6 +391,7 @@ __all__ = [
     "Write",
     "Restart",
     "Finish",
+    "Seal",
     "ScheduleResume",
     "CancelResume",
     "OpenRange",

@@ -8,6 +8,7 @@ import pytest
 import pytest_twisted
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import globalLogPublisher
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -102,10 +103,21 @@ class Stack:
     def image_url(self, version="v1.11.2", arch="amd64", platform="openstack", query="", checksum=False):
         return f"{self.url}/images/talos/{version}/{arch}/{platform}.raw{'.sha256' if checksum else ''}{query}"
 
-    async def get(self, url, **kw):
+    async def get(self, url, settle=True, **kw):
+        """GET `url`, body and all. With `settle`, before and after it, wait for the images
+        whose bytes are all out to be committed, as if requests came one after the other
+        slower than a seal (talos_twisted.transfer, SEALING): a test's HIT is then a HIT."""
+        if settle:
+            await self.sealed()
         resp = await self.http.get(url, **kw)
         body = await resp.content()
+        if settle:
+            await self.sealed()
         return resp, body
+
+    async def sealed(self):
+        """Wait until every download whose bytes are all out has been hashed and committed."""
+        await gatherResults([d.settled.when() for d in self.app.downloads.settling() if d.machine.complete])
 
     def expected(self, schematic_id, version="v1.11.2", platform="openstack", arch="amd64"):
         return self.fake.raw_image(schematic_id, version, platform, arch)

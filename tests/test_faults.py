@@ -126,6 +126,7 @@ async def test_cut_without_range_support_redownloads_and_verifies(stack):
     data, complete = body_of(client)
     assert complete and data == stack.expected(EMPTY_ID)
     assert stack.fake.counts["image_get"] == 2
+    await stack.sealed()
     resp, body = await stack.get(stack.image_url())
     assert resp.headers.getRawHeaders("X-Talos-Cache") == ["HIT"] and body == data
 
@@ -247,6 +248,7 @@ async def test_downloads_beyond_the_limit_wait_their_turn(stack):
         first = Deferred.fromCoroutine(stack.get(stack.image_url()))
         second = Deferred.fromCoroutine(stack.get(stack.image_url(query="?extensions=qemu-guest-agent")))
         results = await DeferredList([first, second], fireOnOneErrback=True)
+        await stack.app.downloads.quiesce()
     finally:
         globalLogPublisher.removeObserver(observe)
     (_, b1), (_, b2) = [r for _, r in results]

@@ -96,6 +96,7 @@ async def test_latest_resolves_to_newest_stable(stack):
     assert resp.code == 200 and header(resp, "X-Talos-Version") == "v1.11.2"
     assert header(resp, "Content-Location") == "/images/talos/v1.11.2/amd64/openstack.raw?extensions=qemu-guest-agent"
     assert header(resp, "Cache-Control") == "no-cache"
+    await stack.app.downloads.quiesce()
     resp, pinned = await stack.get(stack.image_url(query="?extensions=qemu-guest-agent"))
     assert header(resp, "X-Talos-Cache") == "HIT" and pinned == body
     resp, body = await stack.get(f"{stack.url}/images/talos/versions")
@@ -106,6 +107,7 @@ async def test_latest_resolves_to_newest_stable(stack):
 @pytest_twisted.ensureDeferred
 async def test_extension_names_are_resolved_deduplicated_and_sorted(stack):
     resp, a = await stack.get(stack.image_url(query="?extensions=siderolabs/iscsi-tools,qemu-guest-agent"))
+    await stack.app.downloads.quiesce()
     resp2, b = await stack.get(stack.image_url(query="?extensions=qemu-guest-agent,iscsi-tools,iscsi-tools"))
     assert header(resp2, "X-Talos-Cache") == "HIT" and a == b
     expected = Schematic(extensions=("siderolabs/iscsi-tools", "siderolabs/qemu-guest-agent"))
@@ -118,6 +120,7 @@ async def test_extension_names_are_resolved_deduplicated_and_sorted(stack):
 async def test_default_extensions_are_merged(stack):
     resp, body = await stack.get(stack.image_url())
     assert header(resp, "X-Talos-Schematic") == QGA_ID
+    await stack.app.downloads.quiesce()
     resp, body = await stack.get(stack.image_url(query="?extensions=siderolabs/qemu-guest-agent"))
     assert header(resp, "X-Talos-Cache") == "HIT"
 

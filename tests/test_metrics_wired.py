@@ -27,6 +27,7 @@ async def test_metrics_count_requests_downloads_upstream_calls_and_failures(stac
     before = await samples(stack)
     assert total(before, "talos_downloads_committed_total") == 0
     await exchange(stack.url, PATH)  # a miss
+    await stack.app.downloads.quiesce()
     await exchange(stack.url, PATH)  # a hit
     await exchange(stack.url, PATH + ".sha256")
     stack.fake.corrupt_next()

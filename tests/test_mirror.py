@@ -116,6 +116,7 @@ async def test_assets_are_fetched_once_and_kept_byte_exact_and_served_with_the_f
         assert headers["content-disposition"] == f'attachment; filename="{path}"'
     fetched = stack.fake.counts["image_get"]
     assert fetched == len(ASSETS)
+    await stack.app.downloads.quiesce()
     status, _, doc = await exchange(stack.url, "/status.json")
     assert {e["url_path"] for e in json.loads(doc)["entries"]} == {f"/image/{sid}/{V}/{p}" for p in ASSETS}
     # what the factory lacks: Content-Length, ranges and validators on a hit
@@ -143,6 +144,7 @@ async def test_a_raw_asset_is_decompressed_and_is_the_image_routes_entry(stack):
     status, headers, body = await exchange(stack.url, f"/image/{sid}/1.11.2/openstack-amd64.raw")
     assert status == 200 and body == stack.expected(sid)
     assert headers["content-type"] == "application/octet-stream"
+    await stack.app.downloads.quiesce()
     # the same cache entry as /images/talos/…?schematic=
     status, headers, again = await exchange(stack.url, f"/images/talos/{V}/amd64/openstack.raw?schematic={sid}")
     assert (status, headers["x-talos-cache"]) == (200, "HIT") and again == body

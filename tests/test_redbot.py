@@ -157,6 +157,7 @@ async def test_head_on_a_miss(stack):
 @pytest_twisted.ensureDeferred
 async def test_conditional_and_range_answers_of_a_hit(stack):
     await exchange(stack.url, PATH)
+    await stack.sealed()
     _, headers, _ = await exchange(stack.url, PATH, "HEAD")
     etag = headers["etag"]
     response, notes = await redbot(stack.url + PATH, headers=[("If-None-Match", etag)])

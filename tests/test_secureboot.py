@@ -114,6 +114,7 @@ async def test_a_secureboot_image_is_fetched_from_the_secureboot_path_and_served
     assert images == [f"/image/{EMPTY_ID}/v1.11.2/metal-amd64-secureboot.raw.zst"]
 
     # cached under its own key; the checksum names the file of our URL
+    await stack.app.downloads.quiesce()
     [entry] = stack.app.cache.entries()
     assert entry.key.platform == "metal-secureboot" and entry.path.endswith("/metal-secureboot.raw")
     assert entry.sha256 == sha256(expected) == stack.fake.raw_sha256(EMPTY_ID, "v1.11.2", "metal", "amd64", secureboot=True)

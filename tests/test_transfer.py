@@ -49,7 +49,9 @@ HAPPY = [
     ("body_ended", (G1, True), ["DisarmIdle"]),  # still writing
     ("written", (8 * KiB, KiB), ["Progress", "Write"]),
     ("written", (12 * KiB, KiB), ["Progress", "Finish"]),
-    ("finished", (12 * KiB, "ab" * 32), ["SizeKnown", "Commit"]),  # no size was declared early
+    # every byte is released once the stream checks out; the hash and the commit come after
+    ("verified", (12 * KiB,), ["SizeKnown", "Progress", "Seal"]),  # no size was declared early
+    ("sealed", ("ab" * 32,), ["Commit"]),
     ("committed", (), ["Progress", "Committed", "Settled"]),
 ]
 
@@ -66,7 +68,8 @@ CUT_NO_RANGE = [
     ("body", (3, b"x" * 4 * KiB), ["ArmIdle", "Write"]),
     ("body_ended", (3, True), ["DisarmIdle"]),
     ("written", (5 * KiB, 4 * KiB), ["Progress", "Finish"]),
-    ("finished", (5 * KiB, "cd" * 32), ["SizeKnown", "Commit"]),
+    ("verified", (5 * KiB,), ["SizeKnown", "Progress", "Seal"]),
+    ("sealed", ("cd" * 32,), ["Commit"]),
     ("committed", (), ["Progress", "Committed", "Settled"]),
 ]
 
@@ -175,7 +178,8 @@ FAILED_WHILE_RESUMING = [
 COMMIT_FAILS = [
     ("opened", (None, False), ["Attach", "ArmIdle"]),
     ("body_ended", (G1, True), ["DisarmIdle", "Finish"]),
-    ("finished", (0, "00" * 32), ["SizeKnown", "Commit"]),
+    ("verified", (0,), ["SizeKnown", "Progress", "Seal"]),
+    ("sealed", ("00" * 32,), ["Commit"]),
     ("failed", (StorageError("cannot write to the cache"),), ["DisarmIdle", "Failed", "Discard", "Settled"]),
 ]
 
@@ -187,7 +191,8 @@ SIZE_DECLARED_AND_KEPT = [
     ("body", (G1, b"a" * KiB), ["ArmIdle", "Write"]),
     ("body_ended", (G1, True), ["DisarmIdle"]),
     ("written", (8 * KiB, KiB), ["Progress", "Finish"]),
-    ("finished", (8 * KiB, "ab" * 32), ["Commit"]),
+    ("verified", (8 * KiB,), ["Progress", "Seal"]),
+    ("sealed", ("ab" * 32,), ["Commit"]),
 ]
 
 SIZE_CONTRADICTED_BY_MORE = [
@@ -201,17 +206,39 @@ SIZE_CONTRADICTED_BY_LESS = [
     ("opened", (None, False), ["Attach", "ArmIdle"]),
     ("size_declared", (8 * KiB,), ["SizeKnown"]),
     ("body_ended", (G1, True), ["DisarmIdle", "Finish"]),
-    ("finished", (7 * KiB, "ab" * 32), ["DisarmIdle", "Failed", "Discard", "Settled"]),
+    ("verified", (7 * KiB,), ["DisarmIdle", "Failed", "Discard", "Settled"]),
 ]
 
 SIZE_UNKNOWABLE_EARLY = [
     ("opened", (None, False), ["Attach", "ArmIdle"]),
     ("size_declared", (None,), ["SizeKnown"]),
     ("body_ended", (G1, True), ["DisarmIdle", "Finish"]),
-    ("finished", (7 * KiB, "ab" * 32), ["Commit"]),  # settled as unknown: told once, not again
+    ("verified", (7 * KiB,), ["Progress", "Seal"]),  # settled as unknown: told once, not again
+]
+
+# the hash or the fsync fails after the clients got every byte: nothing is kept
+SEAL_FAILS = [
+    ("opened", (KiB, False), ["Attach", "ArmIdle"]),
+    ("body", (G1, b"a" * KiB), ["ArmIdle", "Write"]),
+    ("body_ended", (G1, True), ["DisarmIdle"]),
+    ("written", (4 * KiB, KiB), ["Progress", "Finish"]),
+    ("verified", (4 * KiB,), ["SizeKnown", "Progress", "Seal"]),
+    ("write_failed", (StorageError("cannot write to the cache: Input/output error"),),
+     ["DisarmIdle", "Failed", "Discard", "Settled"]),
+]
+
+# a shutdown while the writer seals: the file is closed only once the writer hands it back
+SHUTDOWN_WHILE_SEALING = [
+    ("opened", (None, False), ["Attach", "ArmIdle"]),
+    ("body_ended", (G1, True), ["DisarmIdle", "Finish"]),
+    ("verified", (0,), ["SizeKnown", "Progress", "Seal"]),
+    ("shutdown", (Unavailable("the server is shutting down"),), ["DisarmIdle", "Failed"]),
+    ("sealed", ("00" * 32,), ["Discard", "Settled"]),
 ]
 
 TABLE = {
+    "seal fails": SEAL_FAILS,
+    "shutdown while sealing": SHUTDOWN_WHILE_SEALING,
     "size declared and kept": SIZE_DECLARED_AND_KEPT,
     "size contradicted: more": SIZE_CONTRADICTED_BY_MORE,
     "size contradicted: less": SIZE_CONTRADICTED_BY_LESS,
@@ -248,6 +275,11 @@ def test_end_states():
     assert run(machine(), CUT_NO_RANGE).state == State.COMMITTED
     assert run(machine(), RESUME_OPEN_FAILS_THEN_RETRIED).state == State.RESUMING
     assert run(machine(), CUT_WITH_RANGE).state == State.FINISHING
+    m = run(machine(), SEAL_FAILS[:5])
+    assert m.state == State.SEALING and m.complete and m.available == 4 * KiB
+    assert not run(machine(), CUT_WITH_RANGE).complete
+    m = run(machine(), SEAL_FAILS)
+    assert m.state == State.FAILED and m.complete  # what the clients got stays the image
 
 
 def test_range_resume_asks_for_the_offset_reached():

@@ -52,3 +52,47 @@ def test_progress_reported_from_inside_a_large_batch(tmp_path):
     seen = []
     write_all(str(tmp_path / "img"), lzma.compress(raw, preset=0), "xz", feed=10**9, progress=seen.append)
     assert len(seen) >= 4 and seen == sorted(seen) and seen[-1] <= len(raw)
+
+
+def _written(path, raw, runs=None):
+    """A writer that has written and verified `raw` (uncompressed), not sealed yet."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    w = ImageWriter(fd, make_decoder("none", 256 * 1024))
+    if runs is not None:
+        w.zero_runs = runs
+    for i in range(0, len(raw), 100_000):
+        w.write(raw[i:i + 100_000])
+    assert w.verify() == len(raw)
+    return fd, w
+
+
+def test_seal_hashes_the_file_with_its_holes_as_zeros(tmp_path):
+    raw = disk_image(6 * 1024 * 1024, seed=3) + bytes(5 * BLOCK)  # ends in a hole
+    fd, w = _written(str(tmp_path / "img"), raw)
+    try:
+        assert len(w.zero_runs) >= 3
+        assert w.seal() == hashlib.sha256(raw).hexdigest()
+    finally:
+        os.close(fd)
+
+
+def test_seal_reads_the_zeros_the_writer_did_not_record(tmp_path):
+    from talos_twisted.zeroruns import ZeroRuns
+
+    raw = disk_image(6 * 1024 * 1024, seed=4)
+    fd, w = _written(str(tmp_path / "img"), raw, runs=ZeroRuns(max_runs=1))  # the rest are read back
+    try:
+        assert len(w.zero_runs) == 1
+        assert w.seal() == hashlib.sha256(raw).hexdigest()
+    finally:
+        os.close(fd)
+
+
+def test_seal_vouches_for_the_file_not_for_the_stream(tmp_path):
+    raw = disk_image(4 * 1024 * 1024, seed=5)
+    fd, w = _written(str(tmp_path / "img"), raw)
+    try:
+        os.pwrite(fd, b"\xff", 10)  # the file changed after it was written
+        assert w.seal() == hashlib.sha256(raw[:10] + b"\xff" + raw[11:]).hexdigest() != hashlib.sha256(raw).hexdigest()
+    finally:
+        os.close(fd)

@@ -56,6 +56,7 @@ async def test_xz_cut_without_range_support_redownloads_and_verifies(stack):
     data, complete = body_of(client)
     assert complete and data == stack.expected(EMPTY_ID)
     assert stack.fake.counts["image_get"] == 2
+    await stack.sealed()
     resp, body = await stack.get(stack.image_url())
     assert resp.headers.getRawHeaders("X-Talos-Cache") == ["HIT"] and body == data
 
