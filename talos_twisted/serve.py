@@ -161,12 +161,12 @@ def begin_entry(
             request.setHeader(name, value)
     if plan.status == 304 or request.method == b"HEAD":
         return None
-    source = FileSource(entry.path, size)
     try:
         fd = cache.open_entry(entry)  # never through a symlink, only the entry's own file
     except OSError:
         cache.remove(entry.key)
         raise Unavailable("the cached image vanished; try again", retry_after=1) from None
+    source = FileSource(entry.path, size, fd)  # committed: its holes are sent unread (fileholes)
     cache.pin(entry.key)
     try:
         spans = [Span(p.start, p.end, p.prefix) for p in plan.parts]

@@ -19,6 +19,8 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from talos_twisted.fileholes import FileHoles
+
 if TYPE_CHECKING:
     from twisted.web.server import Request
 
@@ -45,11 +47,12 @@ class Source(TypingProtocol):
 
 
 class FileSource:
-    """A complete file of known size."""
+    """A complete file of known size; with `fd` (the response's), its holes are sent unread."""
 
-    def __init__(self, path: str, size: int):
+    def __init__(self, path: str, size: int, fd: int | None = None):
         self._path = path
         self._size = size
+        self._holes = None if fd is None else FileHoles(fd, size)
 
     def available(self) -> int:
         return self._size
@@ -61,7 +64,7 @@ class FileSource:
         return os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
     def zeros_at(self, offset: int, limit: int) -> int:
-        return 0  # a cached file's holes are not recorded: read like data
+        return 0 if self._holes is None else self._holes.zeros_at(offset, limit)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         pass

@@ -6,7 +6,8 @@ then send zeros for them instead of reading the holes back. Reading a hole of a 
 sparse file makes the kernel allocate and zero a page-cache page per 4 KiB (the largest
 cost of a follower after the send itself, bench/run B3), and fills the page cache with
 zeros that nobody needs. The runs are what the writer decided, not what a file system
-reports (`SEEK_HOLE` answers are not trusted with image bytes).
+reports: `SEEK_HOLE` is asked only of committed files (`talos_twisted.fileholes`), never of
+one still being written.
 
 One writer thread appends and extends; readers look up with `bisect`. Each step is one
 list operation under the GIL, ordered so that a reader never sees a start without its end
