@@ -12,8 +12,10 @@ of wall time while nothing of the I/O is simulated. The fake factory (the outsid
 keeps real time.
 
 The daemon's clock stands still except while a test lets it run (`OutageStack.run`): then
-it moves in small steps with the real reactor turning between them, so each upstream
-request the download makes during the outage is a real one (refused, or answered 503).
+it moves in small steps, and never while one of the daemon's factory requests waits for its
+answer (`CountingHTTP`): each upstream request the download makes during the outage is a
+real one (refused, or answered 503), and no timer of the daemon's overtakes its I/O, however
+slow the machine.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from typing import Any, Callable
 
 import pytest
 import pytest_twisted
+from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.server import Site
-from zope.interface import directlyProvides, providedBy
+from zope.interface import directlyProvides, implementer, providedBy
 
 from talos_twisted.config import Config, TalosConfig
 from talos_twisted.download import Download
@@ -71,6 +76,38 @@ class SplitReactor:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
+
+
+@implementer(IAgentEndpointFactory)
+class _TCPEndpoints:
+    def __init__(self, timeout: float):
+        self._timeout = timeout
+
+    def endpointForURI(self, uri: Any) -> TCP4ClientEndpoint:
+        return TCP4ClientEndpoint(reactor, uri.host.decode("ascii"), uri.port, timeout=self._timeout)
+
+
+class CountingHTTP:
+    """The daemon's HTTP client of the factory, counting its requests until each is answered."""
+
+    def __init__(self, http: Any):
+        self._http = http
+        self.in_flight = 0
+
+    def get(self, url: str, *args: Any, **kwargs: Any) -> Any:
+        return self._count(self._http.get(url, *args, **kwargs))
+
+    def post(self, url: str, *args: Any, **kwargs: Any) -> Any:
+        return self._count(self._http.post(url, *args, **kwargs))
+
+    def _count(self, d: Any) -> Any:
+        self.in_flight += 1
+
+        def answered(result: Any) -> Any:
+            self.in_flight -= 1
+            return result
+
+        return d.addBoth(answered)  # first in the chain: counted before the daemon goes on
 
 
 class Events:
@@ -125,7 +162,15 @@ class OutageStack:
         }
         talos = TalosConfig(**{**settings, **self.talos})
         self.config = Config(listen="tcp:0", talos=talos)
-        self.service, self.app = build(self.config, self.reactor)
+        # the daemon's client as tap.build makes it, counted (see `quiet`), but connecting
+        # with a plain TCP endpoint: HostnameEndpoint paces its attempts with a LoopingCall on
+        # the daemon's clock, so a refused connection would be reported only once that clock
+        # moved, which `quiet` does not let happen while a request waits. The factory is
+        # 127.0.0.1: one address, no attempts to pace.
+        self.http_pool = HTTPConnectionPool(self.reactor, persistent=True)
+        agent = Agent.usingEndpointFactory(self.reactor, _TCPEndpoints(talos.connect_timeout), pool=self.http_pool)
+        self.http = CountingHTTP(HTTPClient(agent))
+        self.service, self.app = build(self.config, self.reactor, http=self.http)
         self.service.startService()
         # the server layer on the daemon's clock too: its timeouts see the outage's minutes
         site = make_site(self.app.resource(), server_limits(talos), self.reactor, metrics=self.app.metrics)
@@ -141,6 +186,7 @@ class OutageStack:
                 await port.stopListening()
         if self.service is not None:
             await self.service.stopService()
+            await self.http_pool.closeCachedConnections()
 
     # --- the outage ------------------------------------------------------------------
 
@@ -160,16 +206,31 @@ class OutageStack:
     # --- the daemon's time -----------------------------------------------------------
 
     async def run(self, seconds: float, step: float = 0.25, until: Callable[[], bool] | None = None) -> bool:
-        """Let `seconds` of the daemon's time pass, `step` at a time, the real reactor
-        turning (sockets, the writer's threads) between steps; stop early once `until()`.
+        """Let `seconds` of the daemon's time pass, `step` at a time, each step only once
+        the daemon's factory requests are answered (`quiet`); stop early once `until()`.
         Returns whether `until()` holds (True without one)."""
         end = self.clock.seconds() + seconds
-        while self.clock.seconds() < end:
+        while True:
+            await self.quiet()
             if until is not None and until():
                 return True
+            if self.clock.seconds() >= end:
+                return until is None
             self.clock.advance(min(step, end - self.clock.seconds()))
-            await deferLater(reactor, 0.001, lambda: None)
-        return until() if until is not None else True
+
+    async def quiet(self, bound: float = 30.0) -> None:
+        """Turn the real reactor until no factory request of the daemon waits for its answer,
+        firing the daemon's calls due now on the way (a connection attempt's first step is
+        one: Twisted's HostnameEndpoint schedules it on the daemon's clock). The clock does
+        not move meanwhile, so no timeout of the daemon's can overtake its real I/O."""
+        deadline = reactor.seconds() + bound
+        while True:
+            self.clock.advance(0)
+            await deferLater(reactor, 0, lambda: None)  # one turn: the sockets, the threads' results
+            if self.http.in_flight == 0:
+                return
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"{self.http.in_flight} factory requests unanswered after {bound:g}s")
 
     # --- what the test looks at -------------------------------------------------------
 
