@@ -20,7 +20,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from talos_twisted import __version__, tracing
+from talos_twisted import __version__, decompress, tracing
 from talos_twisted.cache import CacheRootError, CacheStore
 from talos_twisted.config import Config, ConfigError, TalosConfig, load_config
 from talos_twisted.download import Download, DownloadContext
@@ -85,6 +85,7 @@ def build(
     """
     talos = config.talos
     top = service.MultiService()
+    decompress.preload()
 
     io_pool = ThreadPool(minthreads=1, maxthreads=max(2, talos.max_downloads), name="talos-io")
     IOPoolService(io_pool).setServiceParent(top)
