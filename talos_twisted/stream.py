@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from talos_twisted.directsend import DirectSend
 from talos_twisted.fileholes import FileHoles
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class Streamer:
         self._finished = False
         self._stall_call: IDelayedCall | None = None
         self.sent = 0  # file bytes sent
+        self._direct = DirectSend.of(request)  # None: every byte through the transport (TLS...)
         self.done: Deferred[bool] = Deferred()  # True: complete; False: aborted or gone
 
     def start(self) -> Deferred[bool]:
@@ -160,6 +162,10 @@ class Streamer:
                     continue
             avail = self._source.available()
             limit = avail if span.end is None else min(avail, span.end)
+            if self._offset < limit and self._direct is not None and self._can_send_direct():
+                if not self._send_direct(limit):
+                    return  # the socket is full (or the send failed): the transport resumes us
+                continue
             if self._offset < limit:
                 want = min(CHUNK, limit - self._offset)
                 zeros = self._source.zeros_at(self._offset, self._offset + want)
@@ -190,6 +196,50 @@ class Streamer:
                 self._next_span()
                 continue
             return  # caught up with a growing file: the next progress event calls _pump
+
+    def _can_send_direct(self) -> bool:
+        """Whether body bytes may go straight into the socket now (talos_twisted.directsend)."""
+        assert self._direct is not None
+        if not self._direct.usable:
+            self._direct = None
+            return False
+        request = self._request
+        return bool(request.startedWriting) and not request.chunked and self._direct.drained()
+
+    def _send_direct(self, limit: int) -> bool:
+        """Send the next part straight into the socket; False once it is full (we wait for
+        the transport to resume us) or the connection is gone."""
+        assert self._direct is not None
+        want = min(CHUNK, limit - self._offset)
+        zeros = self._source.zeros_at(self._offset, self._offset + want)
+        try:
+            if zeros:
+                n = self._direct.send_bytes(_ZEROS if zeros == CHUNK else memoryview(_ZEROS)[:zeros])
+            else:
+                n = self._direct.send_file(self._fd, self._offset, want)
+        except OSError as e:  # the client is gone (EPIPE, ECONNRESET): as a lost connection
+            self.log.debug("sending to a client failed: {error}", error=e)
+            self._abort()
+            return False
+        if n is None:
+            if not self._direct.usable:
+                return True  # the buffered path from here on
+            self._wait_writable()
+            return False
+        if n == 0:
+            self.log.error("short read at {offset}: the file ended", offset=self._offset)
+            self._abort()
+            return False
+        self._offset += n
+        self.sent += n
+        self._request.sentLength += n  # Twisted counts what passes through Request.write
+        return True
+
+    def _wait_writable(self) -> None:
+        assert self._direct is not None
+        self._paused = True
+        self._stall_call = self._clock.callLater(self._stall_timeout, self._stalled)
+        self._direct.resume_when_writable()
 
     def _next_span(self) -> None:
         self._index += 1

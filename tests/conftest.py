@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 import pytest_twisted
@@ -183,3 +184,25 @@ def memory(tmp_path, request):
     kwargs = dict(marker.kwargs) if marker else {}
     kwargs.pop("image_size", None)
     return MemoryStack(tmp_path, **kwargs)
+
+
+@pytest.fixture
+def image_reads(monkeypatch):
+    """The sizes of the image-file reads of the test's responses: `pread`s and `sendfile`s,
+    whichever path serves (talos_twisted.stream, talos_twisted.directsend)."""
+    reads = []
+    real_pread, real_sendfile = os.pread, os.sendfile
+
+    def pread(fd, n, offset):
+        data = real_pread(fd, n, offset)
+        reads.append(len(data))
+        return data
+
+    def sendfile(out_fd, in_fd, offset, count):
+        n = real_sendfile(out_fd, in_fd, offset, count)
+        reads.append(n)
+        return n
+
+    monkeypatch.setattr(os, "pread", pread)
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    return reads

@@ -9,7 +9,6 @@ import os
 import pytest
 import pytest_twisted
 
-from talos_twisted import stream
 from talos_twisted.decompress import make_decoder
 from talos_twisted.schematic import Schematic
 from talos_twisted.writer import BLOCK, ImageWriter
@@ -62,18 +61,10 @@ def test_the_writer_records_exactly_the_zero_blocks_it_left_as_holes(tmp_path, f
 
 @pytest.mark.stack(image_size=16 * MiB)
 @pytest_twisted.ensureDeferred
-async def test_a_follower_sends_the_holes_without_reading_them(stack, monkeypatch):
+async def test_a_follower_sends_the_holes_without_reading_them(stack, image_reads):
     stack.fake.rate_limit = 256 * 1024  # compressed bytes/s: the client follows for about a second
-    read = []
-    real = os.pread
-
-    def counting(fd, n, offset):
-        read.append(n)
-        return real(fd, n, offset)
-
-    monkeypatch.setattr(stream.os, "pread", counting)  # the writer thread never preads here
     client = await open_raw(stack.url, "/images/talos/v1.11.2/amd64/openstack.raw")
     await client.closed
     data, complete = body_of(client)
     assert complete and data == stack.expected(Schematic().id)
-    assert sum(read) < len(data) // 4, f"read {sum(read)} of {len(data)} bytes: the holes were read"
+    assert sum(image_reads) < len(data) // 4, f"read {sum(image_reads)} of {len(data)} bytes: the holes were read"
