@@ -128,6 +128,7 @@ class Stack:
 async def stack(tmp_path, request):
     marker = request.node.get_closest_marker("stack")
     kwargs = dict(marker.kwargs) if marker else {}
+    kwargs.update(getattr(request, "param", {}))  # parametrize("stack", [{...}], indirect=True)
     image_size = kwargs.pop("image_size", 4 * MiB)
     s = Stack(tmp_path, image_size, **kwargs)
     await s.start()
@@ -182,6 +183,7 @@ class MemoryStack:
 def memory(tmp_path, request):
     marker = request.node.get_closest_marker("stack")
     kwargs = dict(marker.kwargs) if marker else {}
+    kwargs.update(getattr(request, "param", {}))  # parametrize("stack", [{...}], indirect=True)
     kwargs.pop("image_size", None)
     return MemoryStack(tmp_path, **kwargs)
 
