@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from talos_twisted.directsend import DirectSend
+from talos_twisted.directsend import DirectSend, DirectTLS, direct_for
 from talos_twisted.fileholes import FileHoles
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class Streamer:
         self._finished = False
         self._stall_call: IDelayedCall | None = None
         self.sent = 0  # file bytes sent
-        self._direct = DirectSend.of(request)  # None: every byte through the transport (TLS...)
+        self._direct: DirectSend | DirectTLS | None = direct_for(request)  # None: every byte through Twisted's transport
         self.done: Deferred[bool] = Deferred()  # True: complete; False: aborted or gone
 
     def start(self) -> Deferred[bool]:
