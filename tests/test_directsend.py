@@ -226,3 +226,22 @@ async def test_an_https_client_that_stops_reading_is_paced_by_the_tcp_transport(
     # the socket full, the records left over queue in Twisted's TCP buffer, which pauses us
     client = await _tls_get(stack, tmp_path, PATH, pause_until=lambda: tls_sends["buffered"] > 0)
     assert body_of(client) == (stack.expected(Schematic().id), True) and client.closed_cleanly
+
+
+@pytest.mark.stack(image_size=8 * MiB)
+@pytest_twisted.ensureDeferred
+async def test_a_keep_alive_connection_serves_the_next_request_after_a_direct_body(stack, sendfiles):
+    from .rawhttp import RawClient, connect, request_bytes
+
+    await stack.get(stack.image_url())  # cached
+    expected = stack.expected(Schematic().id)
+    both = request_bytes("GET", PATH, close=False) + request_bytes("GET", PATH, {"Range": "bytes=7-4000006"})
+    client = await connect(stack.url, RawClient(both))
+    await client.closed
+    first_head, rest = bytes(client.data).split(b"\r\n\r\n", 1)
+    assert first_head.startswith(b"HTTP/1.1 200") and f"Content-Length: {len(expected)}".encode() in first_head
+    assert rest[:len(expected)] == expected
+    second_head, second_body = rest[len(expected):].split(b"\r\n\r\n", 1)
+    assert second_head.startswith(b"HTTP/1.1 206") and second_body == expected[7:4_000_007]
+    assert sendfiles["file"] + sendfiles["zeros"] > len(expected) // 2  # the first went out directly
+    assert client.closed_cleanly
