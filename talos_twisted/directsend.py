@@ -7,7 +7,7 @@ follower with its download went through that queue, a reactor turn and `epoll_ct
 plain TCP connection a response's body goes instead straight to the socket: data with
 `os.sendfile` from the image file (the kernel takes the page-cache pages, no copy in the
 daemon), holes as zeros written from one constant buffer. One cold 1 GiB zst miss: 0.66-0.72 s
--> 0.49-0.53 s, 0.95 -> 0.62 s of the daemon's CPU. (Holes sent with `sendfile` from a zero-
+-> 0.49-0.53 s, 0.95 -> 0.60 s of the daemon's CPU. (Holes sent with `sendfile` from a zero-
 filled memfd were slower on loopback: the receiver copies 4 KiB page fragments; 0.61 s a hit.)
 
 Only where nothing can interleave: the response's headers have gone out through Twisted,
@@ -23,6 +23,7 @@ import errno
 import os
 from typing import Any
 
+from OpenSSL.SSL import Error as TLSError, WantReadError
 from twisted.internet import tcp
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
@@ -132,8 +133,6 @@ class DirectTLS:
     def send_bytes(self, data: bytes | memoryview) -> int | None:
         """Encrypt all of `data` and send its records; returns len(data) (None: the TLS
         connection wants something else first; `usable` is then False)."""
-        from OpenSSL.SSL import Error, WantReadError
-
         conn = self._tls._tlsConnection
         view = memoryview(data)
         pos = 0
@@ -145,14 +144,12 @@ class DirectTLS:
             if pos:
                 self._flush(conn)
             return pos or None
-        except Error as e:  # the TLS connection is broken: as a connection that is gone
+        except TLSError as e:  # the TLS connection is broken: as a connection that is gone
             raise ConnectionError(f"TLS: {e}") from None
         self._flush(conn)
         return pos
 
     def _flush(self, conn: Any) -> None:
-        from OpenSSL.SSL import WantReadError
-
         while True:
             try:
                 records = conn.bio_read(1 << 20)
@@ -172,9 +169,6 @@ class DirectTLS:
         if not data:
             return 0
         return self.send_bytes(data)
-
-    def resume_when_writable(self) -> None:  # never needed: the TCP transport paces TLS
-        raise AssertionError("a TLS send never waits for the socket itself")
 
 
 def direct_for(request: Any) -> DirectSend | DirectTLS | None:

@@ -236,7 +236,7 @@ class Streamer:
         return True
 
     def _wait_writable(self) -> None:
-        assert self._direct is not None
+        assert isinstance(self._direct, DirectSend)  # a TLS send never waits: its TCP buffer paces it
         self._paused = True
         self._stall_call = self._clock.callLater(self._stall_timeout, self._stalled)
         self._direct.resume_when_writable()

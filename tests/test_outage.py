@@ -29,7 +29,10 @@ import pytest_twisted
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import TimeoutError
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.logger import globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -88,11 +91,13 @@ class _TCPEndpoints:
 
 
 class CountingHTTP:
-    """The daemon's HTTP client of the factory, counting its requests until each is answered."""
+    """The daemon's HTTP client of the factory, counting its requests until each is answered
+    (`_count`), so that the test moves the daemon's clock only between its I/O."""
 
     def __init__(self, http: Any):
         self._http = http
         self.in_flight = 0
+        self._waiting: list[Deferred[None]] = []
 
     def get(self, url: str, *args: Any, **kwargs: Any) -> Any:
         return self._count(self._http.get(url, *args, **kwargs))
@@ -100,14 +105,57 @@ class CountingHTTP:
     def post(self, url: str, *args: Any, **kwargs: Any) -> Any:
         return self._count(self._http.post(url, *args, **kwargs))
 
-    def _count(self, d: Any) -> Any:
+    def idle(self) -> Deferred[None]:
+        """Fires once no request waits for its answer (at once if none does)."""
+        if self.in_flight == 0:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def _count(self, request: Deferred[Any]) -> Deferred[Any]:
+        """The request counts until answered: a failure, a success's head (its body may be an
+        image that the test means to stall), or an error answer with its body read."""
         self.in_flight += 1
+        answer: Deferred[Any] = Deferred(lambda _: request.cancel())
 
-        def answered(result: Any) -> Any:
-            self.in_flight -= 1
-            return result
+        def answered(result: Any) -> None:
+            error_body = not isinstance(result, Failure) and result.code >= 400
+            if error_body:
+                self._count_out_when_read(result.original)
+            # the daemon's own handling of the answer first (it runs synchronously from
+            # here), only then is the request counted out and the test let go on
+            if not answer.called:
+                answer.errback(result) if isinstance(result, Failure) else answer.callback(result)
+            if not error_body:
+                self._count_out()
 
-        return d.addBoth(answered)  # first in the chain: counted before the daemon goes on
+        request.addBoth(answered)
+        return answer
+
+    def _count_out_when_read(self, response: Any) -> None:
+        deliver = response.deliverBody
+
+        def deliverBody(protocol: Any) -> None:
+            lost = protocol.connectionLost
+
+            def connectionLost(reason: Any) -> None:
+                try:
+                    lost(reason)
+                finally:
+                    self._count_out()
+
+            protocol.connectionLost = connectionLost
+            deliver(protocol)
+
+        response.deliverBody = deliverBody
+
+    def _count_out(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)
 
 
 class Events:
@@ -219,18 +267,12 @@ class OutageStack:
             self.clock.advance(min(step, end - self.clock.seconds()))
 
     async def quiet(self, bound: float = 30.0) -> None:
-        """Turn the real reactor until no factory request of the daemon waits for its answer,
-        firing the daemon's calls due now on the way (a connection attempt's first step is
-        one: Twisted's HostnameEndpoint schedules it on the daemon's clock). The clock does
+        """Wait until no factory request of the daemon waits for its answer; the clock does
         not move meanwhile, so no timeout of the daemon's can overtake its real I/O."""
-        deadline = reactor.seconds() + bound
-        while True:
-            self.clock.advance(0)
-            await deferLater(reactor, 0, lambda: None)  # one turn: the sockets, the threads' results
-            if self.http.in_flight == 0:
-                return
-            if reactor.seconds() > deadline:
-                raise AssertionError(f"{self.http.in_flight} factory requests unanswered after {bound:g}s")
+        try:
+            await self.http.idle().addTimeout(bound, reactor)
+        except TimeoutError:
+            raise AssertionError(f"{self.http.in_flight} factory requests unanswered after {bound:g}s") from None
 
     # --- what the test looks at -------------------------------------------------------
 

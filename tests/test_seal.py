@@ -29,6 +29,13 @@ def cached_files(stack):
     return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()) if base.exists() else []
 
 
+async def fetch(stack):
+    """One GET of the image over a raw socket, to its end: (body, whether it was complete)."""
+    client = await open_raw(stack.url, PATH)
+    await client.closed
+    return body_of(client)
+
+
 @pytest.fixture
 def held_seal(monkeypatch):
     """Every seal waits (in its thread) until the test lets it go, at most 30 s."""
@@ -50,9 +57,7 @@ def held_seal(monkeypatch):
 @pytest_twisted.ensureDeferred
 async def test_the_last_byte_does_not_wait_for_the_hash(stack, held_seal):
     gate, entered = held_seal
-    client = await open_raw(stack.url, PATH)
-    await client.closed
-    data, complete = body_of(client)
+    data, complete = await fetch(stack)
     # the client is done while the writer has not even started hashing the file
     assert complete and data == stack.expected(EMPTY_ID)
     (download,) = stack.app.downloads.active()
@@ -85,9 +90,7 @@ class _FsyncFailsOS:
 @pytest_twisted.ensureDeferred
 async def test_a_seal_that_fails_keeps_nothing_and_the_client_still_has_the_image(stack, monkeypatch, download_failures):
     monkeypatch.setattr(writer_module, "os", _FsyncFailsOS())
-    client = await open_raw(stack.url, PATH)
-    await client.closed
-    data, complete = body_of(client)
+    data, complete = await fetch(stack)
     assert complete and data == stack.expected(EMPTY_ID)  # verified bytes, whatever the disk does next
     await stack.app.downloads.quiesce()
     assert len(download_failures) == 1 and "cannot write to the cache: Input/output error" in download_failures[0]
@@ -103,9 +106,7 @@ async def test_a_seal_that_fails_keeps_nothing_and_the_client_still_has_the_imag
 @pytest_twisted.ensureDeferred
 async def test_a_shutdown_while_sealing_keeps_the_image(stack, held_seal):
     gate, entered = held_seal
-    client = await open_raw(stack.url, PATH)
-    await client.closed
-    assert body_of(client) == (stack.expected(EMPTY_ID), True)
+    assert await fetch(stack) == (stack.expected(EMPTY_ID), True)
     stopping = Deferred.fromCoroutine(stack.stop_daemon())
     assert not stopping.called  # the stop waits for the seal, it does not cancel a complete image
     gate.set()
